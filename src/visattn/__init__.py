@@ -1,0 +1,1 @@
+"""visattn: visual attention that is correct, fast and visible."""

@@ -1,0 +1,251 @@
+"""The attention contract: shapes, distributions, masks, fast path vs naive path, gradients, the seed's flaw."""
+
+import pytest
+import torch
+from torch import nn
+
+from visattn.attention import (
+    HardAttentionSample,
+    VisualAttention,
+    create_attention,
+    list_attentions,
+    masked_softmax,
+)
+
+KEY_DIM, QUERY_DIM, B, L = 12, 10, 3, 7
+NAMES = ["concat", "additive", "dot", "scaled_dot", "multihead"]
+
+
+def make(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return create_attention(name, KEY_DIM, QUERY_DIM, attention_dim=16, num_heads=4).double()
+
+
+def inputs(q: int | None = None):
+    g = torch.Generator().manual_seed(1)
+    features = torch.randn(B, L, KEY_DIM, generator=g, dtype=torch.double)
+    shape = (B, QUERY_DIM) if q is None else (B, q, QUERY_DIM)
+    return features, torch.randn(*shape, generator=g, dtype=torch.double)
+
+
+def naive(name: str, att, features, query):
+    """Straightforward per-location formulas, no prepared keys: the reference for the fast path."""
+    context, weights = [], []
+    for b in range(features.shape[0]):
+        a, h = features[b], query[b]  # (L, C), (D,)
+        if name == "concat":
+            s = torch.stack([att.attention(torch.cat([a[i], h])) for i in range(L)]).squeeze(-1)
+        elif name == "additive":
+            s = torch.stack([att.score(torch.tanh(att.key_proj(a[i]) + att.query_proj(h))) for i in range(L)])
+            s = s.squeeze(-1)
+        elif name == "dot":
+            s = torch.stack([att.query_proj(h) @ a[i] for i in range(L)])
+        elif name == "scaled_dot":
+            s = torch.stack([att.query_proj(h) @ att.key_proj(a[i]) for i in range(L)]) / 16**0.5
+        else:
+            raise AssertionError(name)
+        w = torch.softmax(s, dim=0)
+        context.append((w[:, None] * a).sum(0))
+        weights.append(w)
+    return torch.stack(context), torch.stack(weights)
+
+
+def naive_multihead(att, features, query):
+    heads, d = att.num_heads, att.head_dim
+    k = att.key_proj(features).view(B, L, heads, d)
+    v = att.value_proj(features).view(B, L, heads, d)
+    q = att.query_proj(query).view(B, heads, d)
+    outs, ws = [], []
+    for head in range(heads):
+        w = torch.softmax(torch.einsum("bd,bld->bl", q[:, head], k[:, :, head]) / d**0.5, dim=-1)
+        outs.append(torch.einsum("bl,bld->bd", w, v[:, :, head]))
+        ws.append(w)
+    return att.out_proj(torch.cat(outs, dim=-1)), torch.stack(ws).mean(0)
+
+
+def test_factory_lists_names_and_rejects_unknown():
+    assert set(NAMES) <= set(list_attentions())
+    with pytest.raises(ValueError, match="valid names: .*additive"):
+        create_attention("bahdanau", 4, 4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shapes_and_distribution(name):
+    att = make(name)
+    features, query = inputs()
+    context, weights = att(att.prepare(features), query)
+    assert context.shape == (B, att.out_dim) and weights.shape == (B, L)
+    assert (weights >= 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(B, dtype=torch.double))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_multi_query_matches_one_query_at_a_time(name):
+    att = make(name)
+    features, queries = inputs(q=4)
+    keys = att.prepare(features)
+    context, weights = att(keys, queries)
+    assert context.shape == (B, 4, att.out_dim) and weights.shape == (B, 4, L)
+    for j in range(4):
+        c, w = att(keys, queries[:, j])
+        torch.testing.assert_close(context[:, j], c)
+        torch.testing.assert_close(weights[:, j], w)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_prepared_keys_equal_naive_computation(name):
+    att = make(name)
+    features, query = inputs()
+    context, weights = att(att.prepare(features), query)
+    ref_context, ref_weights = (
+        naive_multihead(att, features, query) if name == "multihead" else naive(name, att, features, query)
+    )
+    torch.testing.assert_close(weights, ref_weights)
+    torch.testing.assert_close(context, ref_context)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_mask_gives_exact_zeros_and_renormalises(name):
+    att = make(name)
+    features, query = inputs()
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[0, :3] = False
+    mask[2, -1] = False
+    _, weights = att(att.prepare(features), query, mask=mask)
+    assert (weights[~mask] == 0).all()
+    torch.testing.assert_close(weights.sum(-1), torch.ones(B, dtype=torch.double))
+
+
+def test_fully_masked_row_is_a_clear_error():
+    att = make("additive")
+    features, query = inputs()
+    mask = torch.ones(B, L, dtype=torch.bool)
+    mask[1] = False
+    with pytest.raises(ValueError, match=r"no valid location in batch rows \[1\]"):
+        att(att.prepare(features), query, mask=mask)
+    with pytest.raises(ValueError, match="must be bool"):
+        masked_softmax(torch.zeros(B, L), torch.ones(B, L))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_parameter_gets_a_gradient(name):
+    att = make(name)
+    features, query = inputs()
+    features.requires_grad_(True)
+    context, weights = att(att.prepare(features), query)
+    # Weight the context by a fixed random vector so every location's weight matters to the loss.
+    (context * torch.randn_like(context)).sum().backward()
+    for pname, param in att.named_parameters():
+        if name == "concat" and pname == "attention.bias":
+            continue  # the bias only shifts every score equally: its gradient is exactly zero, by design
+        assert param.grad is not None and param.grad.abs().sum() > 0, pname
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_of_one_equals_its_row_in_a_batch(name):
+    att = make(name)
+    features, query = inputs()
+    context, weights = att(att.prepare(features), query)
+    c1, w1 = att(att.prepare(features[1:2]), query[1:2])
+    torch.testing.assert_close(c1[0], context[1])
+    torch.testing.assert_close(w1[0], weights[1])
+
+
+@pytest.mark.parametrize("name", ["additive", "dot", "scaled_dot", "multihead"])
+def test_working_scorers_move_with_the_query(name):
+    att = make(name)
+    features, query = inputs()
+    keys = att.prepare(features)
+    _, w1 = att(keys, query)
+    _, w2 = att(keys, query * 3 + 1)
+    assert (w1 - w2).abs().max() > 1e-3
+
+
+def test_hard_attention_samples_from_the_same_distribution():
+    att = make("additive")
+    features, query = inputs()
+    keys = att.prepare(features)
+    _, weights = att(keys, query)
+    torch.manual_seed(0)
+    sample = att.sample(keys, query)
+    assert isinstance(sample, HardAttentionSample)
+    torch.testing.assert_close(sample.weights, weights)
+    torch.testing.assert_close(sample.context, features[torch.arange(B), sample.index])
+    torch.testing.assert_close(sample.log_prob, weights[torch.arange(B), sample.index].log())
+    torch.testing.assert_close(sample.entropy, -(weights * weights.log()).sum(-1))
+    sample.log_prob.sum().backward()
+    assert att.score.weight.grad is not None
+    # Empirical frequencies follow the weights.
+    counts = torch.zeros(L, dtype=torch.double)
+    for _ in range(3000):
+        counts[att.sample(keys, query[:1]).index[0]] += 1
+    torch.testing.assert_close(counts / counts.sum(), weights[0].detach(), atol=0.03, rtol=0)
+
+
+def test_hard_attention_never_samples_masked_locations():
+    att = make("dot")
+    features, query = inputs()
+    mask = torch.zeros(B, L, dtype=torch.bool)
+    mask[:, 2] = True
+    mask[:, 5] = True
+    keys = att.prepare(features)
+    for _ in range(50):
+        index = att.sample(keys, query, mask=mask).index
+        assert mask[torch.arange(B), index].all()
+    with pytest.raises(ValueError, match="single-head"):
+        make("multihead").sample(keys, query)
+
+
+# --- the seed's module: API, parity with the textbook formula, and its flaw ---------------------------------
+
+
+class TextbookAttention(nn.Module):
+    """The tutorial's formula written out directly: Linear(concat(a_i, h)) then softmax over locations."""
+
+    def __init__(self, encoder_dim, decoder_dim):
+        super().__init__()
+        self.attention = nn.Linear(encoder_dim + decoder_dim, 1)
+
+    def forward(self, encoder_output, decoder_hidden):
+        hidden = decoder_hidden.unsqueeze(1).repeat(1, encoder_output.size(1), 1)
+        scores = self.attention(torch.cat((encoder_output, hidden), dim=2))
+        weights = torch.softmax(scores, dim=1)
+        return (encoder_output * weights).sum(dim=1), weights
+
+
+def test_visual_attention_keeps_the_seed_api_and_matches_the_formula():
+    torch.manual_seed(0)
+    ref = TextbookAttention(KEY_DIM, QUERY_DIM).double()
+    ours = VisualAttention(KEY_DIM, QUERY_DIM).double()
+    ours.load_state_dict(ref.state_dict())  # same parameter names: checkpoints load unchanged
+    assert list(ours.state_dict()) == ["attention.weight", "attention.bias"]
+    features, query = inputs()
+    attended, weights = ours(features, query)
+    assert attended.shape == (B, KEY_DIM) and weights.shape == (B, L, 1)
+    ref_attended, ref_weights = ref(features, query)
+    torch.testing.assert_close(attended, ref_attended)
+    torch.testing.assert_close(weights, ref_weights)
+
+
+def test_visual_attention_cannot_attend():
+    torch.manual_seed(0)
+    seed = VisualAttention(KEY_DIM, QUERY_DIM).double()
+    features, query = inputs()
+    other = torch.randn_like(query) * 10
+    _, w1 = seed(features, query)
+    _, w2 = seed(features, other)
+    torch.testing.assert_close(w1, w2)  # the decoder state changes nothing
+    additive = make("additive")
+    keys = additive.prepare(features)
+    assert (additive(keys, query)[1] - additive(keys, other)[1]).abs().max() > 1e-2
+
+
+def test_wrong_shapes_are_clear_errors():
+    att = make("additive")
+    features, query = inputs()
+    with pytest.raises(ValueError, match=r"features of shape \(B, L, 12\)"):
+        att.prepare(features[..., :5])
+    with pytest.raises(ValueError, match="query width must be 10"):
+        att(att.prepare(features), query[:, :3])
+    with pytest.raises(ValueError, match="divisible"):
+        create_attention("multihead", 8, 8, attention_dim=10, num_heads=3)
