@@ -1,0 +1,108 @@
+"""The model registry: build a model by name, rebuild one from a checkpoint with nothing else.
+
+Every model is an ``nn.Module`` constructed as ``Model(config)`` from a dataclass config that it keeps
+as ``self.config``; that config is everything needed to rebuild it (class names and vocabularies
+included), and the checkpoint stores it beside the weights.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Any, Callable, TypeVar
+
+from torch import nn
+
+from visattn.checkpoint import CheckpointError, read_checkpoint
+from visattn.config import config_from_dict
+
+__all__ = ["register_model", "build_model", "list_models", "model_entry", "load", "ModelEntry"]
+
+M = TypeVar("M", bound=type[nn.Module])
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    cls: type[nn.Module]
+    config_cls: type
+    task: str
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, config_cls: type, *, task: str) -> Callable[[M], M]:
+    """Class decorator registering a model under ``name`` for ``task``; refuses duplicate names."""
+
+    def add(cls: M) -> M:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered by {_MODELS[name].cls.__name__}")
+        _MODELS[name] = ModelEntry(name, cls, config_cls, task)
+        return cls
+
+    return add
+
+
+def _ensure_registered() -> None:
+    # Registration happens when the head modules are imported; import them on first use.
+    import visattn.heads  # noqa: F401
+
+
+def list_models(task: str | None = None) -> list[str]:
+    """Registered model names, optionally only those of one task."""
+    _ensure_registered()
+    return sorted(n for n, e in _MODELS.items() if task is None or e.task == task)
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name``; ValueError listing valid names for an unknown one."""
+    _ensure_registered()
+    if name not in _MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+    return _MODELS[name]
+
+
+def build_model(name: str, config: Any = None, **overrides: Any) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: a name from :func:`list_models`.
+        config: its config dataclass, or a dict of fields (unknown keys are a ValueError); None for defaults.
+        **overrides: fields replacing those of ``config``.
+    """
+    entry = model_entry(name)
+    if config is None:
+        config = entry.config_cls()
+    elif isinstance(config, dict):
+        config = config_from_dict(entry.config_cls, config, source=f"{name} config")
+    elif not isinstance(config, entry.config_cls):
+        raise ValueError(f"model {name!r} takes a {entry.config_cls.__name__}, got {type(config).__name__}")
+    if overrides:
+        config = replace(config, **overrides)
+    return entry.cls(config)
+
+
+def load(path: str | os.PathLike, *, task: str | None = None, map_location: str = "cpu") -> nn.Module:
+    """Rebuild a ready model (eval mode) from a checkpoint alone.
+
+    Args:
+        path: a ``.safetensors`` checkpoint written by visattn.
+        task: when given, refuse checkpoints of another task.
+        map_location: device for the weights.
+
+    Raises:
+        CheckpointError: missing/corrupt/mismatched checkpoint, naming the file.
+    """
+    checkpoint = read_checkpoint(path, task=task)
+    try:
+        entry = model_entry(checkpoint.model)
+        config = config_from_dict(entry.config_cls, checkpoint.config, source=f"checkpoint {checkpoint.path}")
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
+    model = entry.cls(config)
+    try:
+        model.load_state_dict(checkpoint.state_dict, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{checkpoint.path}: weights do not fit model {checkpoint.model!r}: {err}") from err
+    return model.to(map_location).eval()
