@@ -157,5 +157,5 @@ def validate_box(
         return "non-positive width or height"
     height, width = image_size
     if x1 < -tolerance or y1 < -tolerance or x2 > width + tolerance or y2 > height + tolerance:
-        return f"outside the image ({width}x{height})"
+        return "outside the image"
     return None
