@@ -83,6 +83,15 @@ def build_model(name: str, config: Any = None, **overrides: Any) -> nn.Module:
     return entry.cls(config)
 
 
+def _without_weight_files(config: Any) -> Any:
+    """The config with no pretrained-weights source: the checkpoint already holds every weight, and the
+    file the encoder was initialised from may not exist on this machine."""
+    encoder = getattr(config, "encoder", None)
+    if encoder is not None and getattr(encoder, "weights", None) is not None:
+        config = replace(config, encoder=replace(encoder, weights=None))
+    return config
+
+
 def load(path: str | os.PathLike, *, task: str | None = None, map_location: str = "cpu") -> nn.Module:
     """Rebuild a ready model (eval mode) from a checkpoint alone.
 
@@ -100,7 +109,7 @@ def load(path: str | os.PathLike, *, task: str | None = None, map_location: str 
         config = config_from_dict(entry.config_cls, checkpoint.config, source=f"checkpoint {checkpoint.path}")
     except ValueError as err:
         raise CheckpointError(str(err)) from err
-    model = entry.cls(config)
+    model = entry.cls(_without_weight_files(config))
     try:
         model.load_state_dict(checkpoint.state_dict, strict=True)
     except RuntimeError as err:

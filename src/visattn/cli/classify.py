@@ -1,0 +1,158 @@
+"""``visattn train classify``, ``eval`` of classifiers, ``predict`` and ``viz``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from visattn.cli.common import CliError, add_device_option, add_train_options, load_json_config, positive_int, \
+    train_config_from_args
+from visattn.engine import select_device
+from visattn.heads.classifier import ClassifierConfig
+
+__all__ = ["register"]
+
+
+def register(commands: dict) -> None:
+    train = commands["train"].add_parser(
+        "classify", help="train an attention (or GAP) classifier",
+        description="Train an image classifier with attention pooling (or its global-average-pooling baseline) "
+                    "on cluttered procedural scenes or an ImageFolder tree (DIR/train/<class>/*, DIR/val/<class>/*).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = train.add_argument_group("data")
+    data.add_argument("--data-dir", type=Path, default=None,
+                      help="ImageFolder root with train/ and val/; default: procedural scenes")
+    data.add_argument("--strict", action="store_true", help="stop at the first corrupt image instead of skipping it")
+    data.add_argument("--num-train", type=positive_int, default=5000, help="procedural training images")
+    data.add_argument("--num-val", type=positive_int, default=1000, help="procedural validation images")
+    data.add_argument("--image-size", type=positive_int, default=64, help="square image side in pixels")
+    data.add_argument("--clutter", type=int, default=None, help="distractor fragments per procedural image")
+    model = train.add_argument_group("model")
+    model.add_argument("--config", type=Path, default=None,
+                       help="JSON file of ClassifierConfig fields; the options below override it")
+    model.add_argument("--pooling", choices=["attention", "gap"], default=None, help="default: attention")
+    model.add_argument("--attention", default=None, help="scoring function (additive, dot, scaled_dot, multihead, "
+                                                          "concat); default: additive")
+    model.add_argument("--glimpses", type=positive_int, default=None, dest="num_glimpses", help="default: 1")
+    model.add_argument("--glimpse-mode", choices=["parallel", "recurrent"], default=None, help="default: parallel")
+    model.add_argument("--encoder", default=None, help='"small_cnn", "tv:<name>" or "timm:<name>"')
+    model.add_argument("--encoder-width", type=positive_int, default=None, help="small CNN channels (default: 64)")
+    add_train_options(train)
+    train.set_defaults(handler=run_train)
+
+    commands["eval_handlers"]["classify"] = run_eval
+    commands["eval"].add_argument("--data-dir", type=Path, default=None,
+                                  help="classify: ImageFolder root whose val/ split is evaluated")
+
+    predict = commands["root"].add_parser(
+        "predict", help="classify images and write attention overlays",
+        description="Print the label and confidence of each image and write an attention overlay per image.")
+    predict.add_argument("images", nargs="+", type=Path, help="image files (any format Pillow reads)")
+    predict.add_argument("--checkpoint", required=True, help="a classifier checkpoint")
+    predict.add_argument("--out", type=Path, default=Path("predictions"), help="folder for the overlays")
+    predict.add_argument("--topk", type=positive_int, default=3, help="how many labels to print")
+    add_device_option(predict)
+    predict.set_defaults(handler=run_predict)
+
+    viz = commands["root"].add_parser(
+        "viz", help="grid of test images with labels and attention overlays",
+        description="Draw procedural (or ImageFolder val) test images with true/predicted labels and every "
+                    "glimpse's attention overlaid.")
+    viz.add_argument("--checkpoint", required=True, help="a classifier checkpoint")
+    viz.add_argument("--out", type=Path, default=Path("attention.png"), help="PNG to write")
+    viz.add_argument("--num-images", type=positive_int, default=12, help="images in the grid")
+    viz.add_argument("--data-dir", type=Path, default=None, help="ImageFolder root (its val/ split)")
+    viz.add_argument("--data-seed", type=int, default=12345, help="seed of the procedural images")
+    add_device_option(viz)
+    viz.set_defaults(handler=run_viz)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from visattn.encoders import EncoderConfig
+    from visattn.tasks.classify import imagefolder_data, scene_data, train_classifier
+
+    overrides = {k: getattr(args, k) for k in ("pooling", "attention", "num_glimpses", "glimpse_mode")}
+    config = load_json_config(args.config, ClassifierConfig, overrides=overrides)
+    if args.encoder or args.encoder_width:
+        encoder = load_json_config(None, EncoderConfig, overrides={**vars(config.encoder), "name": args.encoder,
+                                                                   "width": args.encoder_width})
+        config = load_json_config(None, ClassifierConfig, overrides={**vars(config), "encoder": encoder})
+    train_config = train_config_from_args(args)
+    if args.data_dir is not None:
+        data = imagefolder_data(args.data_dir, image_size=args.image_size, strict=args.strict)
+    else:
+        data = scene_data(num_train=args.num_train, num_val=args.num_val, image_size=args.image_size,
+                          seed=args.seed, clutter=args.clutter)
+    result = train_classifier(config, data, train_config, args.run_dir, resume=args.resume)
+    print(json.dumps({"best": result["best"], "stopped": result["stopped"], "run_dir": result["run_dir"]}))
+    return 0 if result["stopped"] == "completed" or result["stopped"].startswith("early stop") else 1
+
+
+def _eval_data(args: argparse.Namespace, model: torch.nn.Module):
+    from visattn.tasks.classify import imagefolder_data, scene_data
+
+    size = model.config.image_size
+    if getattr(args, "data_dir", None) is not None:
+        return imagefolder_data(args.data_dir, image_size=size).val
+    data = scene_data(num_train=0, num_val=args.num_samples if hasattr(args, "num_samples") else args.num_images,
+                      image_size=size, seed=args.data_seed)
+    return data.val
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from visattn.models import load
+    from visattn.tasks.classify import collate, evaluate_classifier
+
+    device = select_device(args.device)
+    model = load(args.checkpoint, task="classify", map_location=str(device))
+    dataset = _eval_data(args, model)
+    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate)
+    metrics = evaluate_classifier(model, loader, device)
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.json_out:
+        Path(args.json_out).write_text(text)
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from visattn.data.images import image_to_tensor, load_image
+    from visattn.models import load
+    from visattn.tasks.classify import predict
+    from visattn.viz import overlay
+
+    device = select_device(args.device)
+    model = load(args.checkpoint, task="classify", map_location=str(device))
+    size = model.config.image_size
+    images = torch.stack([image_to_tensor(load_image(path), size=(size, size)) for path in args.images])
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path, image, result in zip(args.images, images, predict(model, images, args.images, topk=args.topk)):
+        target = args.out / f"{path.stem}_attention.png"
+        overlay(image, result.attention.mean(dim=0)).save(target)
+        others = ", ".join(f"{name} {p:.3f}" for name, p in result.topk[1:])
+        print(f"{path}\t{result.label}\t{result.confidence:.3f}\t{others}\t{target}")
+    return 0
+
+
+def run_viz(args: argparse.Namespace) -> int:
+    from visattn.models import load
+    from visattn.tasks.classify import collate
+    from visattn.viz import classification_grid
+
+    device = select_device(args.device)
+    model = load(args.checkpoint, task="classify", map_location=str(device))
+    dataset = _eval_data(args, model)
+    if len(dataset) == 0:
+        raise CliError("no images to draw")
+    batch = collate([dataset[i] for i in range(min(args.num_images, len(dataset)))])
+    with torch.no_grad():
+        out = model(batch["images"].to(device))
+    path = classification_grid(batch["images"], out["attention"].cpu(), batch["labels"],
+                               out["logits"].argmax(-1).cpu(), model.config.class_names, args.out)
+    print(path)
+    return 0

@@ -1,0 +1,165 @@
+"""The classification task: data, loss, evaluation and prediction around the attention classifier.
+
+Library functions only (no argument parsing): ``visattn.cli`` builds the pieces from the command line
+and calls these, and so can a script.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from visattn.data.scenes import SceneConfig, SceneDataset
+from visattn.engine import TaskSpec, TrainConfig, fit
+from visattn.heads.classifier import ClassifierConfig
+from visattn.metrics.localisation import LocalisationMeter
+from visattn.models import build_model
+
+__all__ = ["ClassifyData", "scene_data", "imagefolder_data", "collate", "classification_task", "train_classifier",
+           "evaluate_classifier", "predict", "Prediction"]
+
+log = logging.getLogger("visattn")
+
+
+@dataclass
+class ClassifyData:
+    """Datasets of one classification problem.
+
+    Attributes:
+        train, val: datasets of sample dicts (``image`` (3, H, W) in [0, 1], ``label``, optional ``boxes``).
+        class_names: names in label order.
+        image_size: (H, W) of every image.
+        source: a one-line description (for logs and the run folder).
+    """
+
+    train: Dataset
+    val: Dataset
+    class_names: list[str]
+    image_size: tuple[int, int]
+    source: str
+
+
+def scene_data(*, num_train: int = 5000, num_val: int = 1000, image_size: int = 64, seed: int = 0,
+               clutter: int | None = None, num_workers: int = 0) -> ClassifyData:
+    """Cluttered single-object procedural scenes, rendered once into memory.
+
+    Train and validation sets are drawn from different seeds (``seed`` and ``seed + 1``), so no image is in both.
+    """
+    config = SceneConfig(kind="single", image_size=image_size, clutter=clutter)
+    train = SceneDataset(config, num_samples=num_train, seed=2 * seed).materialize(num_workers=num_workers)
+    val = SceneDataset(config, num_samples=num_val, seed=2 * seed + 1).materialize(num_workers=num_workers)
+    return ClassifyData(train, val, list(train.class_names), (image_size, image_size),
+                        f"procedural single-object scenes {image_size}px, clutter={config.num_clutter}, seed={seed}")
+
+
+def imagefolder_data(root: str | Path, *, image_size: int = 64, strict: bool = False) -> ClassifyData:
+    """An ImageFolder tree with ``train/`` and ``val/`` splits (``root/<split>/<class>/<image>``).
+
+    Corrupt images are skipped and reported (``strict=True`` stops at the first one instead).
+    """
+    from visattn.data.imagefolder import ImageFolderDataset
+
+    root = Path(root)
+    splits = {}
+    for split in ("train", "val"):
+        if not (root / split).is_dir():
+            raise ValueError(f"{root}: expected an ImageFolder tree with a {split!r} folder (root/{split}/<class>/...)")
+        splits[split] = ImageFolderDataset(root / split, image_size=image_size, strict=strict)
+    train, val = splits["train"], splits["val"]
+    if list(train.class_names) != list(val.class_names):
+        raise ValueError(f"{root}: train classes {train.class_names} differ from val classes {val.class_names}")
+    return ClassifyData(train, val, list(train.class_names), (image_size, image_size), f"ImageFolder {root}")
+
+
+def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Samples -> ``{"images" (B, 3, H, W), "labels" (B,), "boxes" (B, 4) or None, "image_ids"}``.
+
+    ``boxes`` is each image's labelled object (its first box) when every sample has one.
+    """
+    images = torch.stack([s["image"] for s in samples])
+    labels = torch.tensor([int(s["label"]) for s in samples], dtype=torch.long)
+    has_boxes = all(s.get("boxes") is not None and len(s["boxes"]) > 0 for s in samples)
+    boxes = torch.stack([torch.as_tensor(s["boxes"])[0] for s in samples]).float() if has_boxes else None
+    return {"images": images, "labels": labels, "boxes": boxes, "image_ids": [s.get("image_id") for s in samples]}
+
+
+def _loss(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+    images = batch["images"].to(device, non_blocking=True)
+    labels = batch["labels"].to(device, non_blocking=True)
+    loss_ce = F.cross_entropy(model(images)["logits"].float(), labels)
+    return {"loss": loss_ce, "loss_ce": loss_ce}
+
+
+def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.device, *, topk: int = 5) -> dict[str, float]:
+    """Accuracy, error, top-k accuracy and, when boxes exist, pointing game / energy in box / uniform energy."""
+    model.eval()
+    correct = correct_k = total = 0
+    meter = LocalisationMeter()
+    with torch.no_grad():
+        for batch in loader:
+            images = batch["images"].to(device, non_blocking=True)
+            labels = batch["labels"].to(device, non_blocking=True)
+            out = model(images)
+            k = min(topk, out["logits"].shape[-1])
+            top = out["logits"].topk(k, dim=-1).indices  # (B, k)
+            correct += int((top[:, 0] == labels).sum())
+            correct_k += int((top == labels[:, None]).any(dim=-1).sum())
+            total += len(labels)
+            if batch["boxes"] is not None:
+                meter.update(out["attention"], batch["boxes"], tuple(images.shape[-2:]))
+    metrics = {"accuracy": correct / max(total, 1), "error": 1 - correct / max(total, 1),
+               f"top{topk}_accuracy": correct_k / max(total, 1)}
+    if meter.count:
+        metrics.update(meter.compute())
+    return metrics
+
+
+def classification_task(*, topk: int = 5) -> TaskSpec:
+    """The engine's view of classification: cross entropy, best checkpoint by validation accuracy."""
+    return TaskSpec(name="classify", collate=collate, loss=_loss,
+                    evaluate=lambda model, loader, device: evaluate_classifier(model, loader, device, topk=topk),
+                    monitor="accuracy", mode="max")
+
+
+def train_classifier(model_config: ClassifierConfig, data: ClassifyData, train_config: TrainConfig,
+                     run_dir: str | Path, *, resume: str | Path | None = None) -> dict[str, Any]:
+    """Build the classifier for ``data``'s classes and train it; returns :func:`visattn.engine.fit`'s result."""
+    model_config = replace(model_config, class_names=list(data.class_names), image_size=data.image_size[0])
+    model = build_model("classifier", model_config)
+    log.info("training %s classifier on %s", model_config.pooling, data.source)
+    return fit(model, "classifier", classification_task(), data.train, data.val, train_config, run_dir, resume=resume)
+
+
+@dataclass
+class Prediction:
+    """One image's prediction: top label, its probability, the top-k, and the attention (G, H', W')."""
+
+    path: str
+    label: str
+    confidence: float
+    topk: list[tuple[str, float]]
+    attention: Tensor
+
+
+def predict(model: nn.Module, images: Tensor, paths: Sequence[str], *, topk: int = 3) -> list[Prediction]:
+    """Classify a batch of images (B, 3, H, W) in [0, 1] with a loaded classifier."""
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        out = model(images.to(device))
+    probs = out["logits"].float().softmax(dim=-1).cpu()
+    names = model.config.class_names
+    k = min(topk, probs.shape[-1])
+    results = []
+    for i, path in enumerate(paths):
+        values, indices = probs[i].topk(k)
+        top = [(names[j], float(v)) for v, j in zip(values.tolist(), indices.tolist())]
+        results.append(Prediction(str(path), top[0][0], top[0][1], top, out["attention"][i].cpu()))
+    return results
