@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from visattn.metrics.detection import attention_localization, box_energy, coco_map
+from visattn.metrics.detection import attention_localization, coco_map
 
 pytest.importorskip("pycocotools")
 
@@ -78,17 +78,22 @@ def test_empty_predictions_and_non_contiguous_ids():
         coco_map(bad, ground_truth(), NAMES)
 
 
-def test_box_energy_of_a_peaked_and_a_uniform_map():
+def localise(attention, box, size=(32, 32)):
+    pred = {"boxes": torch.tensor([box]), "labels": torch.tensor([0]), "scores": torch.tensor([1.0]),
+            "attention": attention}
+    target = {"boxes": torch.tensor([box]), "labels": torch.tensor([0])}
+    return attention_localization([pred], [target], [size])
+
+
+def test_energy_of_a_peaked_and_a_uniform_map():
     peaked = torch.zeros(1, 4, 4)
     peaked[0, 1, 2] = 1.0  # grid cell (row 1, col 2) covers pixels y 8..16, x 16..24 of a 32 x 32 image
-    energy, baseline = box_energy(peaked, torch.tensor([[16.0, 8.0, 24.0, 16.0]]), (32, 32))
-    assert baseline.item() == pytest.approx(1 / 16)
-    assert energy.item() > 0.5
-    far, _ = box_energy(peaked, torch.tensor([[0.0, 24.0, 8.0, 32.0]]), (32, 32))
-    assert far.item() == pytest.approx(0.0, abs=1e-6)
-    uniform = torch.full((1, 4, 4), 1 / 16)
-    energy, baseline = box_energy(uniform, torch.tensor([[3.0, 5.0, 19.0, 29.0]]), (32, 32))
-    assert energy.item() == pytest.approx(baseline.item(), abs=1e-6)
+    result = localise(peaked, [16.0, 8.0, 24.0, 16.0])
+    assert result["baseline_pred_box"] == pytest.approx(1 / 16) and result["energy_in_pred_box"] > 0.5
+    assert result["energy_in_gt_box"] == result["energy_in_pred_box"] and result["num_matched"] == 1
+    assert localise(peaked, [0.0, 24.0, 8.0, 32.0])["energy_in_pred_box"] == pytest.approx(0.0, abs=1e-6)
+    result = localise(torch.full((1, 4, 4), 1 / 16), [3.0, 5.0, 19.0, 29.0])
+    assert result["energy_in_pred_box"] == pytest.approx(result["baseline_pred_box"], abs=1e-6)
 
 
 def test_attention_localization_uses_matched_ground_truth():

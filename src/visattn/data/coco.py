@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from visattn.boxes import validate_box, xywh_to_xyxy, xyxy_to_xywh
+from visattn.data.images import ImageLoadError, image_to_tensor, load_image
 
 __all__ = ["CocoDataError", "CocoDetection", "CocoDetectionDataset", "CocoReport", "read_coco", "write_coco"]
 
@@ -330,18 +331,15 @@ class CocoDetectionDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.coco.samples[index]
         try:
-            with Image.open(record["path"]) as pil:
-                rgb = pil.convert("RGB")
-        except OSError as err:
-            raise CocoDataError(f"{self.annotation_file}: image {record['image_id']}: cannot read "
-                                f"{record['path']} ({err})") from err
+            rgb = load_image(record["path"])
+        except ImageLoadError as err:
+            raise CocoDataError(f"{self.annotation_file}: image {record['image_id']}: {err}") from err
         if (rgb.height, rgb.width) != (record["height"], record["width"]):
             raise CocoDataError(
                 f"{self.annotation_file}: image {record['image_id']}: {record['path']} is "
                 f"{rgb.width}x{rgb.height} but the JSON says {record['width']}x{record['height']}"
             )
-        array = torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy())  # (H, W, 3)
         sample = {key: record[key] for key in ("image_id", "path", "boxes", "labels", "crowd_boxes",
                                                "crowd_labels")}
-        sample["image"] = array.permute(2, 0, 1).float() / 255.0  # (3, H, W) in [0, 1]
+        sample["image"] = image_to_tensor(rgb)  # (3, H, W) in [0, 1]
         return self.transform(sample) if self.transform is not None else sample

@@ -50,6 +50,8 @@ class DetectorConfig:
         dropout: dropout in attention and feed-forward blocks.
         aux_loss: also return every earlier layer's predictions (``aux_outputs``) for auxiliary losses.
         reference_points: per-query anchor boxes (see the module docstring); False = plain DETR queries.
+        image_size: side of the square input the model was trained at; ``visattn detect`` resizes images to
+            it (boxes are normalised, so they map back to the original size).
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -63,9 +65,10 @@ class DetectorConfig:
     dropout: float = 0.0  # small data trains faster without it; DETR uses 0.1 at COCO scale
     aux_loss: bool = True  # a loss at every layer is the cheapest way to speed DETR training up
     reference_points: bool = True
+    image_size: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("num_classes", "num_queries", "hidden_dim", "num_heads", "num_layers", "ffn_dim"):
+        for name in ("num_classes", "num_queries", "hidden_dim", "num_heads", "num_layers", "ffn_dim", "image_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"DetectorConfig.{name}: expected an int >= 1, got {value!r}")

@@ -6,7 +6,8 @@ Values follow COCO's convention: ``-1.0`` when a quantity is undefined (e.g. no 
 
 Attention localisation asks whether a detection "looked at" its object: each kept query's attention map is
 up-sampled to the image, renormalised to sum to 1, and its energy (mass) inside the predicted box and inside the
-matched ground-truth box is measured. The uniform baseline is the box's area fraction: a map that ignores the
+matched ground-truth box is measured (with :mod:`visattn.metrics.localisation`, the same definitions as for
+classification). The uniform baseline is the box's area fraction: a map that ignores the
 image puts exactly that much mass in any box.
 """
 
@@ -18,12 +19,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from visattn.boxes import box_iou, xyxy_to_xywh
+from visattn.metrics.localisation import box_area_fraction, energy_in_box
 
-__all__ = ["attention_localization", "box_energy", "coco_map"]
+__all__ = ["attention_localization", "coco_map"]
 
 _SUMMARY_KEYS = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large")
 
@@ -112,39 +113,6 @@ def _append(anns: list[dict], image_id: int, boxes: Tensor, labels: Tensor, ids:
         anns.append(ann)
 
 
-def box_energy(attention: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Attention mass inside boxes, and the uniform baseline.
-
-    Args:
-        attention: (D, H', W') one grid map per box (non-negative; need not be normalised).
-        boxes: (D, 4) xyxy pixel boxes, one per map.
-        image_size: ``(H, W)`` of the image the boxes refer to.
-
-    Returns:
-        ``energy`` (D,): mass of the map, bilinearly up-sampled to (H, W) and renormalised, on pixels whose
-        centre is inside the box; ``baseline`` (D,): the fraction of pixels inside the box.
-    """
-    if attention.dim() != 3 or boxes.shape != (attention.shape[0], 4):
-        raise ValueError(f"need attention (D, H', W') and boxes (D, 4), got {tuple(attention.shape)} and "
-                         f"{tuple(boxes.shape)}")
-    height, width = image_size
-    if attention.shape[0] == 0:
-        return torch.zeros(0), torch.zeros(0)
-    maps = F.interpolate(attention[:, None].float(), size=(height, width), mode="bilinear",
-                         align_corners=False)[:, 0]  # (D, H, W)
-    maps = maps.clamp_min(0)
-    maps = maps / maps.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-    ys = torch.arange(height, dtype=torch.float32, device=maps.device) + 0.5  # pixel centres
-    xs = torch.arange(width, dtype=torch.float32, device=maps.device) + 0.5
-    boxes = boxes.float().to(maps.device)
-    inside_x = (xs[None] >= boxes[:, 0:1]) & (xs[None] <= boxes[:, 2:3])  # (D, W)
-    inside_y = (ys[None] >= boxes[:, 1:2]) & (ys[None] <= boxes[:, 3:4])  # (D, H)
-    inside = inside_y[:, :, None] & inside_x[:, None, :]  # (D, H, W)
-    energy = (maps * inside).sum(dim=(1, 2))
-    baseline = inside.float().mean(dim=(1, 2))
-    return energy.cpu(), baseline.cpu()
-
-
 def _match_by_iou(pred: dict[str, Tensor], target: dict[str, Tensor], iou_threshold: float) -> list[int]:
     """Greedy, score-ordered matching of detections to same-label ground truth; -1 where unmatched."""
     num_pred = len(pred["boxes"])
@@ -189,19 +157,20 @@ def attention_localization(
         ``baseline_gt_box`` (means over matched detections), ``num_detections``, ``num_matched``;
         NaN-free: means over nothing are 0.0.
     """
-    sums = {"energy_in_pred_box": [], "baseline_pred_box": [], "energy_in_gt_box": [], "baseline_gt_box": []}
+    sums: dict[str, list[Tensor]] = {"energy_in_pred_box": [], "baseline_pred_box": [], "energy_in_gt_box": [],
+                                     "baseline_gt_box": []}
     for pred, target, size in zip(predictions, targets, image_sizes, strict=True):
-        attention = pred["attention"]
-        energy, baseline = box_energy(attention, pred["boxes"], size)
-        sums["energy_in_pred_box"].append(energy)
-        sums["baseline_pred_box"].append(baseline)
+        attention, size = pred["attention"].cpu(), (int(size[0]), int(size[1]))
+        if len(attention) == 0:
+            continue
+        sums["energy_in_pred_box"].append(energy_in_box(attention, pred["boxes"].cpu(), size))
+        sums["baseline_pred_box"].append(box_area_fraction(pred["boxes"].cpu(), size))
         matched = _match_by_iou(pred, target, iou_threshold)
         keep = [d for d, g in enumerate(matched) if g >= 0]
         if keep:
-            gt_boxes = target["boxes"][[matched[d] for d in keep]]  # (M, 4)
-            energy, baseline = box_energy(attention[keep], gt_boxes, size)
-            sums["energy_in_gt_box"].append(energy)
-            sums["baseline_gt_box"].append(baseline)
+            gt_boxes = target["boxes"].cpu()[[matched[d] for d in keep]]  # (M, 4)
+            sums["energy_in_gt_box"].append(energy_in_box(attention[keep], gt_boxes, size))
+            sums["baseline_gt_box"].append(box_area_fraction(gt_boxes, size))
     results = {}
     for key, parts in sums.items():
         values = torch.cat(parts) if parts else torch.zeros(0)

@@ -1,0 +1,245 @@
+"""The detection task: data, set loss, COCO evaluation and prediction around the DETR-style detector.
+
+Library functions only (no argument parsing): ``visattn.cli`` builds the pieces from the command line and
+calls these, and so can a script.
+
+Images of any size are resized to the model's square input (``DetectorConfig.image_size``); ground-truth and
+predicted boxes stay in the pixels of the original image, which is safe because the detector predicts boxes
+normalised by the image size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from visattn.data.coco import CocoDetectionDataset
+from visattn.data.scenes import SceneConfig, SceneDataset
+from visattn.engine import TaskSpec, TrainConfig, fit
+from visattn.heads.detection_loss import SetCriterion, targets_from_samples
+from visattn.heads.detector import DetectorConfig
+from visattn.metrics.detection import attention_localization, coco_map
+from visattn.models import build_model
+
+__all__ = ["DetectData", "Detection", "ResizeImage", "coco_data", "collate", "detect", "detect_files",
+           "detection_task", "evaluate_detector", "format_detection", "scene_data", "train_detector"]
+
+log = logging.getLogger("visattn")
+
+
+@dataclass
+class DetectData:
+    """Datasets of one detection problem.
+
+    Attributes:
+        train, val: datasets of sample dicts (``image`` (3, S, S) in [0, 1], ``boxes`` (N, 4) xyxy pixels of the
+            original image, ``labels`` (N,), ``orig_size`` (H, W), optional ``crowd_boxes``/``crowd_labels``).
+        class_names: names in label order.
+        image_size: side S of the square model input.
+        source: a one-line description (for logs and the run folder).
+        category_ids: COCO ids of the classes (None for procedural scenes).
+    """
+
+    train: Dataset
+    val: Dataset
+    class_names: list[str]
+    image_size: int
+    source: str
+    category_ids: list[int] | None = None
+
+
+class ResizeImage:
+    """Sample transform: resize ``image`` to ``size x size`` and record the original ``orig_size`` (H, W)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        image = sample["image"]
+        sample = dict(sample, orig_size=(int(image.shape[-2]), int(image.shape[-1])))
+        if tuple(image.shape[-2:]) != (self.size, self.size):
+            sample["image"] = F.interpolate(image[None], size=(self.size, self.size), mode="bilinear",
+                                            align_corners=False, antialias=True)[0].clamp_(0, 1)
+        return sample
+
+
+def scene_data(*, num_train: int = 5000, num_val: int = 500, image_size: int = 64, seed: int = 0,
+               num_objects: tuple[int, int] = (1, 3), clutter: int | None = None,
+               num_workers: int = 0) -> DetectData:
+    """Procedural multi-object scenes with boxes, rendered once into memory (val from a different seed)."""
+    config = SceneConfig(kind="multi", image_size=image_size, num_objects=num_objects, clutter=clutter)
+    resize = ResizeImage(image_size)
+    train = SceneDataset(config, num_samples=num_train, seed=2 * seed, transform=resize)
+    val = SceneDataset(config, num_samples=num_val, seed=2 * seed + 1, transform=resize)
+    train.materialize(num_workers=num_workers)
+    val.materialize(num_workers=num_workers)
+    return DetectData(train, val, list(train.class_names), image_size,
+                      f"procedural multi-object scenes {image_size}px, {num_objects[0]}-{num_objects[1]} objects, "
+                      f"clutter={config.num_clutter}, seed={seed}")
+
+
+def coco_data(train_file: str | Path, val_file: str | Path, *, image_dir: str | Path | None = None,
+              val_image_dir: str | Path | None = None, image_size: int = 64, strict: bool = False) -> DetectData:
+    """COCO instances files for training and validation (same categories); images resized to ``image_size``.
+
+    Invalid annotations and missing images are skipped and reported (see :mod:`visattn.data.coco`);
+    ``strict=True`` stops at the first one instead.
+    """
+    resize = ResizeImage(image_size)
+    train = CocoDetectionDataset(train_file, image_dir, strict=strict, transform=resize)
+    val = CocoDetectionDataset(val_file, val_image_dir, strict=strict, transform=resize)
+    if train.category_ids != val.category_ids or train.class_names != val.class_names:
+        raise ValueError(f"{val_file}: categories {list(zip(val.category_ids, val.class_names))} differ from "
+                         f"{train_file}: {list(zip(train.category_ids, train.class_names))}")
+    for name, dataset in (("train", train), ("val", val)):
+        log.info("COCO %s %s: %s", name, dataset.annotation_file, dataset.report.summary())
+    return DetectData(train, val, train.class_names, image_size, f"COCO {train_file} / {val_file}",
+                      category_ids=train.category_ids)
+
+
+def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Samples -> a batch.
+
+    Returns:
+        ``images`` (B, 3, S, S); ``targets`` (per image normalised cxcywh ``boxes`` and ``labels``, what the
+        criterion takes); per image ``boxes`` (N, 4) xyxy pixels, ``labels``, ``crowd_boxes``, ``crowd_labels``
+        (evaluation); ``image_sizes`` (per image original (H, W)); ``image_ids``.
+    """
+    images = torch.stack([s["image"] for s in samples])  # (B, 3, S, S)
+    sizes = [tuple(s.get("orig_size", s["image"].shape[-2:])) for s in samples]
+    boxes = [torch.as_tensor(s["boxes"], dtype=torch.float32).reshape(-1, 4) for s in samples]
+    labels = [torch.as_tensor(s["labels"], dtype=torch.int64).reshape(-1) for s in samples]
+    return {
+        "images": images,
+        "targets": targets_from_samples(boxes, labels, sizes),
+        "boxes": boxes,
+        "labels": labels,
+        "crowd_boxes": [torch.as_tensor(s.get("crowd_boxes", torch.zeros(0, 4))).reshape(-1, 4) for s in samples],
+        "crowd_labels": [torch.as_tensor(s.get("crowd_labels", torch.zeros(0)), dtype=torch.int64) for s in samples],
+        "image_sizes": sizes,
+        "image_ids": [s.get("image_id") for s in samples],
+    }
+
+
+@torch.no_grad()
+def evaluate_detector(model: nn.Module, loader: DataLoader, device: torch.device, *, score_threshold: float = 0.0,
+                      top_k: int = 100, category_ids: Sequence[int] | None = None) -> dict[str, float]:
+    """COCO mAP (``map``, ``map_50``, ``map_75``, by size, ``ap/<class>``) and attention localisation.
+
+    mAP is computed over every query (``score_threshold=0``: the precision-recall curve needs the low scores);
+    the attention numbers (``energy_in_pred_box``, ``energy_in_gt_box`` and their uniform baselines) over the
+    detections scoring at least 0.5.
+    """
+    model.eval()
+    predictions, targets, sizes = [], [], []
+    for batch in loader:
+        out = model(batch["images"].to(device, non_blocking=True))
+        predictions += [{k: v.cpu() for k, v in p.items()} for p in
+                        model.postprocess(out, batch["image_sizes"], score_threshold=score_threshold, top_k=top_k)]
+        targets += [{"boxes": b, "labels": lab, "crowd_boxes": cb, "crowd_labels": cl} for b, lab, cb, cl in
+                    zip(batch["boxes"], batch["labels"], batch["crowd_boxes"], batch["crowd_labels"])]
+        sizes += batch["image_sizes"]
+    metrics = coco_map(predictions, targets, model.config.class_names, category_ids=category_ids)
+    confident = [{k: v[p["scores"] >= 0.5] for k, v in p.items()} for p in predictions]
+    metrics.update(attention_localization(confident, targets, sizes))
+    return metrics
+
+
+def detection_task(num_classes: int, *, eos_coef: float = 0.1, loss_ce: float = 1.0, loss_bbox: float = 5.0,
+                   loss_giou: float = 2.0, category_ids: Sequence[int] | None = None) -> TaskSpec:
+    """The engine's view of detection: Hungarian-matched set loss, best checkpoint by validation mAP."""
+    criterion = SetCriterion(num_classes, eos_coef=eos_coef, loss_ce=loss_ce, loss_bbox=loss_bbox,
+                             loss_giou=loss_giou)
+
+    def loss(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+        targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch["targets"]]
+        return criterion(model(batch["images"].to(device, non_blocking=True)), targets)
+
+    return TaskSpec(name="detect", collate=collate, loss=loss,
+                    evaluate=lambda model, loader, device: evaluate_detector(model, loader, device,
+                                                                             category_ids=category_ids),
+                    monitor="map", mode="max")
+
+
+def train_detector(model_config: DetectorConfig, data: DetectData, train_config: TrainConfig, run_dir: str | Path,
+                   *, resume: str | Path | None = None, eos_coef: float = 0.1) -> dict[str, Any]:
+    """Build the detector for ``data``'s classes and input size and train it; returns the engine's result."""
+    model_config = replace(model_config, num_classes=len(data.class_names), class_names=list(data.class_names),
+                           image_size=data.image_size)
+    model = build_model("detector", model_config)
+    log.info("training detector (%d queries, %d layers) on %s", model_config.num_queries, model_config.num_layers,
+             data.source)
+    task = detection_task(len(data.class_names), eos_coef=eos_coef, category_ids=data.category_ids)
+    return fit(model, "detector", task, data.train, data.val, train_config, run_dir, resume=resume)
+
+
+@dataclass
+class Detection:
+    """One image's detections: pixel xyxy ``boxes`` (D, 4), ``scores`` (D,), class ``labels`` (names), the kept
+    queries' ``attention`` (D, H', W'), and the figure written for it (if any)."""
+
+    path: str
+    boxes: Tensor
+    scores: Tensor
+    labels: list[str]
+    label_ids: Tensor
+    attention: Tensor
+    figure: str | None = None
+
+
+def detect(model: nn.Module, images: Tensor, paths: Sequence[str], image_sizes: Sequence[tuple[int, int]], *,
+           score_threshold: float = 0.5, top_k: int = 100) -> list[Detection]:
+    """Detect objects in a batch of images (B, 3, S, S) in [0, 1] with a loaded detector.
+
+    ``image_sizes`` are the original (H, W) of each image; boxes come back in those pixels.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        out = model(images.to(device))
+        kept = model.postprocess(out, list(image_sizes), score_threshold=score_threshold, top_k=top_k)
+    names = model.config.class_names
+    return [Detection(str(path), d["boxes"].cpu(), d["scores"].cpu(), [names[i] for i in d["labels"].tolist()],
+                      d["labels"].cpu(), d["attention"].cpu()) for path, d in zip(paths, kept)]
+
+
+def detect_files(model: nn.Module, paths: Sequence[str | Path], out_dir: str | Path | None = None, *,
+                 score_threshold: float = 0.5, top_k: int = 100) -> list[Detection]:
+    """Load image files, detect, and (with ``out_dir``) write one figure per image: boxes plus attention maps.
+
+    Raises:
+        visattn.data.images.ImageLoadError: for an unreadable image, naming the file.
+    """
+    from visattn.data.images import image_to_tensor, load_image
+    from visattn.viz import detection_figure
+
+    size = model.config.image_size
+    pictures = [load_image(p) for p in paths]
+    images = torch.stack([image_to_tensor(pic, size) for pic in pictures])  # (B, 3, S, S)
+    sizes = [(pic.height, pic.width) for pic in pictures]
+    results = detect(model, images, [str(p) for p in paths], sizes, score_threshold=score_threshold, top_k=top_k)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for i, (result, pic) in enumerate(zip(results, pictures)):
+            figure = out / f"{i:03d}_{Path(result.path).stem}_detections.png"
+            detection_figure(pic, result.boxes, result.label_ids, result.scores, model.config.class_names,
+                             result.attention, figure)
+            result.figure = str(figure)
+    return results
+
+
+def format_detection(result: Detection) -> str:
+    """Lines for the terminal: the file, then one ``label score x1 y1 x2 y2`` line per detection."""
+    lines = [f"{result.path}: {len(result.labels)} detection(s)" + (f" -> {result.figure}" if result.figure else "")]
+    for label, score, box in zip(result.labels, result.scores.tolist(), result.boxes.tolist()):
+        lines.append(f"  {label:<12} {score:.3f}  " + " ".join(f"{v:7.1f}" for v in box))
+    return "\n".join(lines)
