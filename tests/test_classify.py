@@ -130,3 +130,19 @@ def test_cli_bad_inputs_give_one_line_errors(trained, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "classify", "--run-dir", str(tmp_path / "r"), "--epochs", "0"])
     assert exit_info.value.code == 2
+
+
+def test_cli_exports_imagefolder_trains_on_it_and_reports_corrupt_files(tmp_path, capsys, caplog):
+    root = tmp_path / "folder"
+    assert main(["data", "export", "--format", "imagefolder", "--out", str(root), "--num-train", "24",
+                 "--num-val", "8", "--num-test", "4", "--image-size", "32"]) == 0
+    first_class = sorted(p for p in (root / "train").iterdir() if p.is_dir())[0]
+    (first_class / "corrupt.png").write_bytes(b"not an image at all")
+    args = ["train", "classify", "--data-dir", str(root), "--image-size", "32", "--epochs", "1", "--batch-size", "8",
+            "--encoder-width", "8", "--no-progress", "--threads", "1"]
+    with caplog.at_level("WARNING"):
+        assert main([*args, "--run-dir", str(tmp_path / "run")]) == 0
+    assert "skipped 1 unreadable image(s)" in caplog.text
+    capsys.readouterr()
+    assert main([*args, "--run-dir", str(tmp_path / "strict"), "--strict"]) == 1
+    assert "corrupt.png" in capsys.readouterr().err

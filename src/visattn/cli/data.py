@@ -92,7 +92,7 @@ def run_export(args: argparse.Namespace) -> int:
         from visattn.data.imagefolder import export_imagefolder
 
         for name, dataset in splits.items():
-            export_imagefolder(dataset, args.out / name, dataset.class_names)
+            export_imagefolder(dataset, args.out, dataset.class_names, split=name)
         target = args.out
     elif args.format == "coco":
         from visattn.data.coco import write_coco

@@ -64,18 +64,19 @@ def imagefolder_data(root: str | Path, *, image_size: int = 64, strict: bool = F
 
     Corrupt images are skipped and reported (``strict=True`` stops at the first one instead).
     """
-    from visattn.data.imagefolder import ImageFolderDataset
+    from visattn.data.imagefolder import ImageFolder
 
     root = Path(root)
-    splits = {}
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise ValueError(f"{root}: expected an ImageFolder tree with a {split!r} folder (root/{split}/<class>/...)")
-        splits[split] = ImageFolderDataset(root / split, image_size=image_size, strict=strict)
-    train, val = splits["train"], splits["val"]
-    if list(train.class_names) != list(val.class_names):
-        raise ValueError(f"{root}: train classes {train.class_names} differ from val classes {val.class_names}")
-    return ClassifyData(train, val, list(train.class_names), (image_size, image_size), f"ImageFolder {root}")
+    train = ImageFolder(root / "train", size=image_size, strict=strict)
+    val = ImageFolder(root / "val", size=image_size, strict=strict, classes=train.class_names)
+    skipped = len(train.skipped) + len(val.skipped)
+    if skipped:
+        log.warning("%s: skipped %d unreadable image(s) (train %d, val %d); use --strict to stop instead",
+                    root, skipped, len(train.skipped), len(val.skipped))
+    return ClassifyData(train, val, list(train.class_names), (image_size, image_size), f"ImageFolder {root} ({len(train)} train, {len(val)} val, {skipped} skipped)")
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
