@@ -32,6 +32,8 @@ Where it can differ from the Java tokenizer (checked against the 3.4.1 jar; rare
 * a clitic inside a hyphenated compound (``man's-best-friend``), ``y'all``, ``5'6"`` and other rare
   apostrophe uses; underscores at word edges; characters PTB cannot tokenize (it drops them with a warning,
   we keep them as one-character tokens);
+* ``5 1/2``: PTB makes one token joined by a non-breaking space; the tool's BLEU and CIDEr scorers split it
+  again on whitespace (its ROUGE-L does not). We return two tokens, ``5`` and ``1/2``;
 * ``no.`` keeps its period only before a number (as PTB does); other context rules of the PTB lexer are not
   reproduced.
 """
@@ -83,8 +85,7 @@ _TOKEN = re.compile(
             rf"(?P<abbrev>(?:{_ABBREVIATIONS})\.(?!\w)|no\.(?=\s*\d))",
             # Emoticons keep their eyes: ':)' -> ':-rrb-'.
             r"(?P<emoticon>[:;]-?[()](?!\w))",
-            # A whole number and a fraction form one token ('5 1/2'), as do '.5' and "'90s".
-            r"(?P<fraction>\d+ \d+/\d+(?!\w))",
+            # '.5' and "'90s" are single tokens.
             r"(?P<decimal>\.\d+(?!\w))",
             r"(?P<decade>'\d0s(?!\w))",
             # Hashtags and handles (#tag, @home); '#1' splits.
@@ -152,8 +153,6 @@ def _ptb_tokens(text: str) -> list[str]:
             tokens.extend(["'t", value[2:]] if value in ("'tis", "'twas") else [value])
         elif kind == "emoticon":
             tokens.append(value[:-1] + _BRACKETS[value[-1]])
-        elif kind == "fraction":
-            tokens.append(value.replace(" ", "\u00a0"))  # PTB joins with a non-breaking space
         elif kind == "ellipsis":
             tokens.append("...")
         elif kind == "dashes":
