@@ -32,6 +32,7 @@ from visattn.data.vocab import SPECIAL_TOKENS, Vocabulary
         ("plan a. dog", "plan a. dog"),
         ("line one\nline two", "line one line two"),
         ("50% off $5 at AT&T", "50 % off $ 5 at at&t"),
+        ("a 5 1/2 inch pipe", "a 5 1/2 inch pipe"),  # PTB's '5\xa01/2' is split again by the tool's BLEU/CIDEr
         ("   ", ""),
         ("", ""),
     ],
