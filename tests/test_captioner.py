@@ -1,0 +1,293 @@
+"""Show, Attend and Tell captioner on tiny configs: shapes, invariants, losses, hard attention, decoding, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import visattn.heads.captioner  # noqa: F401  (registers "captioner" until heads/__init__ imports it)
+from visattn.checkpoint import save_checkpoint
+from visattn.config import config_to_dict
+from visattn.encoders import EncoderConfig
+from visattn.heads.beam import beam_search, expand_for_beams, greedy_search
+from visattn.heads.captioner import Captioner, CaptionerConfig
+from visattn.models import build_model, load
+
+VOCAB = ["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(8)]  # 12 tokens
+PAD, START, END = 0, 1, 2
+# <start> w.. <end> <pad>..: three captions of true lengths 5, 3 and 6 tokens.
+TOKENS = torch.tensor([[1, 4, 5, 6, 2, 0], [1, 7, 2, 0, 0, 0], [1, 8, 9, 10, 11, 2]])
+
+
+def tiny(**overrides) -> Captioner:
+    torch.manual_seed(0)
+    options = dict(encoder=EncoderConfig(width=8, depth=2, num_downsample=2), vocab=VOCAB, attention_dim=16,
+                   decoder_dim=16, embed_dim=8, dropout=0.0)
+    return Captioner(CaptionerConfig(**(options | overrides)))
+
+
+def images(n: int = 3, seed: int = 1) -> torch.Tensor:
+    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+VARIANTS = [
+    dict(),
+    dict(deep_output=False),
+    dict(gate="channel"),
+    dict(gate="none"),
+    dict(attention="none"),
+    dict(attention="scaled_dot"),
+    dict(attention="multihead"),
+    dict(attention_mode="hard", hard_expected_context_prob=0.0),
+    dict(attention_mode="hard", hard_expected_context_prob=1.0),
+]
+
+
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "paper")
+def test_shapes_invariants_and_every_parameter_learns(overrides):
+    model = tiny(alpha_c=0.5, **overrides).train()
+    out = model(images(), tokens=TOKENS)
+    assert out["logits"].shape == (3, 5, len(VOCAB))
+    assert out["attention"].shape == (3, 5, 4, 4)  # 16x16 images, two halvings -> 4x4 grid
+    assert out["gate"].shape == (3, 5)
+    torch.testing.assert_close(out["attention"].sum(dim=(2, 3)), torch.ones(3, 5))
+    assert bool((out["attention"] >= 0).all())
+    assert bool(((out["gate"] >= 0) & (out["gate"] <= 1)).all())
+    if overrides.get("attention") == "none":
+        torch.testing.assert_close(out["attention"], torch.full((3, 5, 4, 4), 1 / 16))
+    terms = model.loss(out, TOKENS)
+    expected = {"loss", "loss_ce", "loss_attention_reg"}
+    if overrides.get("attention_mode") == "hard":
+        expected |= {"loss_reinforce", "loss_entropy"}
+    assert set(terms) == expected
+    assert all(bool(torch.isfinite(v)) for v in terms.values())
+    torch.testing.assert_close(terms["loss"], sum(v for k, v in terms.items() if k != "loss"))
+    terms["loss"].backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+    assert not missing, f"parameters without gradient: {missing}"
+
+
+def test_regulariser_matches_hand_computation():
+    model = tiny(alpha_c=0.7)
+    out = model(images(), tokens=TOKENS)
+    alpha = out["attention"].flatten(2).detach()  # (B, T-1, L)
+    lengths = [4, 2, 5]  # decoding steps with a real target per caption
+    per_caption = []
+    for b, steps in enumerate(lengths):
+        total = 0.0
+        for i in range(alpha.shape[-1]):
+            coverage = sum(float(alpha[b, t, i]) for t in range(steps))
+            total += (1.0 - coverage) ** 2
+        per_caption.append(total)
+    expected = 0.7 * sum(per_caption) / len(per_caption)
+    assert float(model.loss(out, TOKENS)["loss_attention_reg"].detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_cross_entropy_ignores_pads_and_extra_padding_changes_nothing():
+    model = tiny(alpha_c=0.3).eval()
+    feats = images()
+    out = model(feats, tokens=TOKENS)
+    terms = model.loss(out, TOKENS)
+    padded = torch.cat([TOKENS, torch.zeros(3, 4, dtype=torch.long)], dim=1)  # four more pad columns
+    out_padded = model(feats, tokens=padded)
+    terms_padded = model.loss(out_padded, padded)
+    for key in terms:
+        torch.testing.assert_close(terms[key], terms_padded[key])
+    torch.testing.assert_close(out_padded["logits"][:, :5], out["logits"])
+    # Explicit lengths give the same mask as the pad count.
+    with_lengths = model(feats, tokens=TOKENS, lengths=torch.tensor([5, 3, 6]))
+    assert torch.equal(with_lengths["mask"], out["mask"])
+    manual = torch.nn.functional.cross_entropy(out["logits"].reshape(-1, len(VOCAB)), TOKENS[:, 1:].reshape(-1),
+                                               ignore_index=PAD)
+    torch.testing.assert_close(terms["loss_ce"], manual)
+
+
+def test_features_path_equals_images_path():
+    model = tiny().eval()
+    batch = images()
+    features, grid = model.encode(batch)
+    assert grid == (4, 4) and features.shape == (3, 16, 8)
+    a = model(batch, tokens=TOKENS)
+    b = model(features=features, grid=grid, tokens=TOKENS)
+    c = model(features=features, tokens=TOKENS)  # square grid inferred
+    for key in ("logits", "attention", "gate"):
+        torch.testing.assert_close(a[key], b[key])
+        torch.testing.assert_close(a[key], c[key])
+    hyps_a = model.generate(batch, beam_size=2, max_len=5)
+    hyps_b = model.generate(features=features, grid=grid, beam_size=2, max_len=5)
+    assert [h[0].tokens for h in hyps_a] == [h[0].tokens for h in hyps_b]
+
+
+def test_bad_inputs_are_clear_errors():
+    model = tiny()
+    with pytest.raises(ValueError, match="exactly one"):
+        model(tokens=TOKENS)
+    with pytest.raises(ValueError, match="features must be"):
+        model(features=torch.zeros(3, 16, 5), tokens=TOKENS)
+    with pytest.raises(ValueError, match="not a square grid"):
+        model(features=torch.zeros(3, 6, 8), tokens=TOKENS)
+    with pytest.raises(ValueError, match="tokens must be"):
+        model(images(), tokens=TOKENS[:2])
+    for kwargs in (dict(max_len=0), dict(beam_size=0), dict(beam_size=2, n_best=3)):
+        with pytest.raises(ValueError):
+            model.generate(images(1), **kwargs)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (dict(vocab=["<start>", "<pad>", "<end>"]), "<pad>"),
+    (dict(vocab=["<pad>", "<start>", "a"]), "<end>"),
+    (dict(attention="bogus"), "valid: .*additive"),
+    (dict(attention="multihead", attention_mode="hard"), "single-head"),
+    (dict(gate="sometimes"), "gate"),
+    (dict(scheduled_sampling=1.5), "scheduled_sampling"),
+])
+def test_config_validation(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        CaptionerConfig(**overrides)
+
+
+def test_hard_attention_samples_and_updates_the_baseline():
+    model = tiny(attention_mode="hard", hard_expected_context_prob=0.0, hard_baseline_decay=0.9).train()
+    out = model(images(), tokens=TOKENS)
+    index, alpha = out["attention_index"], out["attention"].flatten(2)
+    assert index.shape == (3, 5) and bool(((index >= 0) & (index < 16)).all())
+    picked = alpha.gather(2, index.unsqueeze(-1)).squeeze(-1)  # probability of each sampled location
+    torch.testing.assert_close(out["attention_log_prob"], picked.log())
+    terms = model.loss(out, TOKENS)
+    reward = -torch.nn.functional.cross_entropy(out["logits"].flatten(0, 1), TOKENS[:, 1:].flatten(), ignore_index=PAD,
+                                                reduction="none").view(3, 5).sum(dim=1)
+    first = reward.mean()
+    torch.testing.assert_close(model.reward_baseline, first.detach())  # first update: the batch mean
+    out2 = model(images(), tokens=TOKENS)
+    model.loss(out2, TOKENS)
+    reward2 = -torch.nn.functional.cross_entropy(out2["logits"].flatten(0, 1), TOKENS[:, 1:].flatten(),
+                                                 ignore_index=PAD, reduction="none").view(3, 5).sum(dim=1)
+    torch.testing.assert_close(model.reward_baseline, (0.9 * first + 0.1 * reward2.mean()).detach())
+    assert int(model.reward_baseline_updates) == 2
+    assert float(terms["loss_entropy"]) < 0  # an entropy bonus lowers the loss
+    # Outside training: expected context, no samples, no baseline update.
+    model.eval()
+    out3 = model(images(), tokens=TOKENS)
+    assert "attention_index" not in out3
+    terms3 = model.loss(out3, TOKENS)
+    assert float(terms3["loss_reinforce"]) == 0.0 and int(model.reward_baseline_updates) == 2
+
+
+def test_expected_context_probability_picks_sampled_batches():
+    model = tiny(attention_mode="hard", hard_expected_context_prob=0.5).train()
+    torch.manual_seed(3)
+    sampled = sum("attention_index" in model(images(), tokens=TOKENS) for _ in range(40))
+    assert 8 <= sampled <= 32
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_overfits_a_tiny_problem(mode):
+    model = tiny(attention_mode=mode, alpha_c=0.01).train()
+    batch = images()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+
+    def teacher_forced_ce() -> float:
+        model.eval()
+        with torch.no_grad():
+            value = float(model.loss(model(batch, tokens=TOKENS), TOKENS)["loss_ce"])
+        model.train()
+        return value
+
+    before = teacher_forced_ce()
+    for _ in range(40):
+        terms = model.loss(model(batch, tokens=TOKENS), TOKENS)
+        optimizer.zero_grad()
+        terms["loss"].backward()
+        optimizer.step()
+    after = teacher_forced_ce()
+    assert after < 0.3 * before, (before, after)
+    if mode == "hard":
+        assert int(model.reward_baseline_updates) > 5
+
+
+def test_scheduled_sampling_feeds_own_predictions():
+    model = tiny(scheduled_sampling=1.0).train()
+    feats = images()
+    other = TOKENS.clone()
+    other[:, 1:-1] = torch.where(other[:, 1:-1] > 3, 11 - other[:, 1:-1] + 4, other[:, 1:-1])  # other words
+    a, b = model(feats, tokens=TOKENS), model(feats, tokens=other)
+    # Only <start> is ever fed from the data, so the words in the input do not matter.
+    torch.testing.assert_close(a["logits"], b["logits"])
+    model.eval()  # no scheduled sampling outside training: the inputs matter again
+    assert not torch.allclose(model(feats, tokens=TOKENS)["logits"], model(feats, tokens=other)["logits"])
+
+
+def test_dropout_is_active_in_training_only():
+    model = tiny(dropout=0.5)
+    feats = images()
+    model.train()
+    assert not torch.equal(model(feats, tokens=TOKENS)["logits"], model(feats, tokens=TOKENS)["logits"])
+    model.eval()
+    assert torch.equal(model(feats, tokens=TOKENS)["logits"], model(feats, tokens=TOKENS)["logits"])
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(attention="none"), dict(gate="channel", deep_output=False)])
+def test_beam_one_equals_greedy_and_batched_equals_single(overrides):
+    model = tiny(**overrides).eval()
+    features, grid = model.encode(images(4))
+    with torch.no_grad():
+        step, state = model.decoder_step(features)
+        greedy = greedy_search(step, state, batch_size=4, start_id=START, end_id=END, max_len=7)
+        step, state = model.decoder_step(features)
+        beam1 = beam_search(step, state, batch_size=4, beam_size=1, start_id=START, end_id=END, max_len=7)
+    for g, b in zip(greedy, beam1):
+        assert g[0].tokens == b[0].tokens and g[0].score == pytest.approx(b[0].score, abs=1e-5)
+        torch.testing.assert_close(g[0].attention, b[0].attention)
+    batched = model.generate(features=features, beam_size=3, n_best=3, max_len=7, length_penalty=0.5)
+    for i in range(4):
+        single = model.generate(features=features[i : i + 1], beam_size=3, n_best=3, max_len=7, length_penalty=0.5)[0]
+        assert [h.tokens for h in single] == [h.tokens for h in batched[i]]
+        assert [h.score for h in single] == pytest.approx([h.score for h in batched[i]], abs=1e-5)
+        for h in batched[i]:
+            assert h.attention.shape == (len(h.tokens) + int(h.finished), *grid)
+            assert PAD not in h.tokens and START not in h.tokens and END not in h.tokens
+        finished = [h.score for h in batched[i] if h.finished]
+        assert finished == sorted(finished, reverse=True)
+
+
+def test_generate_scores_match_teacher_forcing():
+    """A decoded caption's score is the teacher-forced log-likelihood of that caption."""
+    model = tiny().eval()
+    batch = images(2)
+    for hyps, image in zip(model.generate(batch, beam_size=3, n_best=2, max_len=6), batch):
+        for h in hyps:
+            seq = torch.tensor([[START, *h.tokens] + ([END] if h.finished else [])])
+            out = model(image.unsqueeze(0), tokens=seq)
+            log_probs = out["logits"].log_softmax(-1).gather(2, seq[:, 1:].unsqueeze(-1))
+            assert h.score == pytest.approx(float(log_probs.sum()), abs=1e-4)
+            torch.testing.assert_close(h.attention, out["attention"][0])
+
+
+def test_generate_without_end_returns_unfinished():
+    model = tiny().eval()
+    with torch.no_grad():
+        model.out_vocab.bias[END] = -1e9
+    for beam_size in (1, 3):
+        for hyps in model.generate(images(2), beam_size=beam_size, n_best=beam_size, max_len=4):
+            assert len(hyps) == beam_size
+            assert all(not h.finished and len(h.tokens) == 4 and h.attention.shape == (4, 4, 4) for h in hyps)
+    assert model.training is False
+
+
+def test_save_load_round_trip(tmp_path):
+    model = build_model("captioner", tiny(attention_mode="hard").config)
+    model.train()
+    model.loss(model(images(), tokens=TOKENS), TOKENS)  # moves the baseline buffer off zero
+    model.eval()
+    path = save_checkpoint(tmp_path / "cap.safetensors", model, task="caption", model_name="captioner",
+                           config=config_to_dict(model.config))
+    loaded = load(path, task="caption")
+    assert isinstance(loaded, Captioner) and not loaded.training
+    assert loaded.config == model.config
+    torch.testing.assert_close(loaded.reward_baseline, model.reward_baseline)
+    a, b = model(images(), tokens=TOKENS), loaded(images(), tokens=TOKENS)
+    for key in ("logits", "attention", "gate"):
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    ha, hb = model.generate(images(), beam_size=2, max_len=5), loaded.generate(images(), beam_size=2, max_len=5)
+    assert [h[0].tokens for h in ha] == [h[0].tokens for h in hb]
