@@ -118,6 +118,18 @@ def test_features_path_equals_images_path():
     assert [h[0].tokens for h in hyps_a] == [h[0].tokens for h in hyps_b]
 
 
+def test_keys_are_prepared_once_per_image():
+    """The image-only attention term W_k·a runs once per forward / decode, on B rows (never per step or beam)."""
+    model = tiny().eval()
+    calls = []
+    model.attention.key_proj.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    model(images(), tokens=TOKENS)
+    assert calls == [3]
+    calls.clear()
+    model.generate(images(), beam_size=4, max_len=6)
+    assert calls == [3]
+
+
 def test_bad_inputs_are_clear_errors():
     model = tiny()
     with pytest.raises(ValueError, match="exactly one"):
@@ -164,7 +176,7 @@ def test_hard_attention_samples_and_updates_the_baseline():
                                                  ignore_index=PAD, reduction="none").view(3, 5).sum(dim=1)
     torch.testing.assert_close(model.reward_baseline, (0.9 * first + 0.1 * reward2.mean()).detach())
     assert int(model.reward_baseline_updates) == 2
-    assert float(terms["loss_entropy"]) < 0  # an entropy bonus lowers the loss
+    assert float(terms["loss_entropy"].detach()) < 0  # an entropy bonus lowers the loss
     # Outside training: expected context, no samples, no baseline update.
     model.eval()
     out3 = model(images(), tokens=TOKENS)
@@ -234,7 +246,7 @@ def test_beam_one_equals_greedy_and_batched_equals_single(overrides):
     with torch.no_grad():
         step, state = model.decoder_step(features)
         greedy = greedy_search(step, state, batch_size=4, start_id=START, end_id=END, max_len=7)
-        step, state = model.decoder_step(features)
+        step, state = model.decoder_step(features, beam_size=1)
         beam1 = beam_search(step, state, batch_size=4, beam_size=1, start_id=START, end_id=END, max_len=7)
     for g, b in zip(greedy, beam1):
         assert g[0].tokens == b[0].tokens and g[0].score == pytest.approx(b[0].score, abs=1e-5)
@@ -258,7 +270,8 @@ def test_generate_scores_match_teacher_forcing():
     for hyps, image in zip(model.generate(batch, beam_size=3, n_best=2, max_len=6), batch):
         for h in hyps:
             seq = torch.tensor([[START, *h.tokens] + ([END] if h.finished else [])])
-            out = model(image.unsqueeze(0), tokens=seq)
+            with torch.no_grad():
+                out = model(image.unsqueeze(0), tokens=seq)
             log_probs = out["logits"].log_softmax(-1).gather(2, seq[:, 1:].unsqueeze(-1))
             assert h.score == pytest.approx(float(log_probs.sum()), abs=1e-4)
             torch.testing.assert_close(h.attention, out["attention"][0])

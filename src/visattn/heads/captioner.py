@@ -368,9 +368,7 @@ class Captioner(nn.Module):
         try:
             features, grid = self._annotations(images, features, grid)
             batch = features.shape[0]
-            if beam_size > 1:
-                features = expand_for_beams(features, beam_size)  # (B·k, L, C), once per image
-            step, state = self.decoder_step(features)
+            step, state = self.decoder_step(features, beam_size=beam_size)
             options = dict(start_id=self.start_id, end_id=self.end_id, max_len=max_len,
                            length_penalty=float(length_penalty), grid=grid)
             if beam_size == 1:
@@ -379,15 +377,22 @@ class Captioner(nn.Module):
         finally:
             self.train(was_training)
 
-    def decoder_step(self, features: Tensor):
-        """The step function of :mod:`visattn.heads.beam` for these annotations (N, L, C), and its state.
+    def decoder_step(self, features: Tensor, *, beam_size: int = 1):
+        """The step function of :mod:`visattn.heads.beam` for annotations (B, L, C), and its initial state.
+
+        Keys and the initial state are computed once per image, then repeated for the ``beam_size`` rows
+        of each image (N = B·k, image b in rows b·k .. b·k+k-1).
 
         Returns:
             ``(step, (h, c))`` where ``step(prev_tokens (N,), (h, c)) -> (log_probs (N, V), attention (N, L),
-            (h, c))``; ``<pad>`` and ``<start>`` get log-probability -inf. Keys are prepared here, once.
+            (h, c))``; ``<pad>`` and ``<start>`` get log-probability -inf.
         """
         h, c, mean = self._init_state(features)
         keys = self.attention.prepare(features) if self.attention is not None else None
+        if beam_size > 1:
+            h, c, mean = (expand_for_beams(x, beam_size) for x in (h, c, mean))  # (B·k, ...)
+            if keys is not None:
+                keys = type(keys)(*(expand_for_beams(x, beam_size) for x in keys))
         num_locations = features.shape[1]
         uniform = features.new_full((1, num_locations), 1.0 / num_locations)
         banned = torch.tensor([self.pad_id, self.start_id], device=features.device)
