@@ -284,6 +284,15 @@ def test_materialize_matches_drawing_on_demand_with_and_without_workers():
             assert cached["captions"] == expected["captions"] and cached["alignment"] == expected["alignment"]
 
 
-def test_transform_is_applied():
-    data = SceneDataset(SceneConfig(image_size=32), num_samples=2, transform=lambda s: {**s, "image": s["image"] * 0})
-    assert data[0]["image"].abs().sum() == 0
+def test_transform_is_applied_and_cannot_corrupt_the_cache():
+    def flip_in_place(sample):
+        sample["image"].mul_(0)
+        sample["boxes"][:, 0] = -1.0
+        return sample
+
+    config = SceneConfig(kind="multi", image_size=32)
+    data = SceneDataset(config, num_samples=2, transform=flip_in_place).materialize()
+    assert data[0]["image"].abs().sum() == 0 and (data[0]["boxes"][:, 0] == -1).all()
+    plain = SceneDataset(config, num_samples=2).materialize()
+    data.transform = None
+    assert torch.equal(data[0]["boxes"], plain[0]["boxes"]) and torch.equal(data[0]["image"], plain[0]["image"])

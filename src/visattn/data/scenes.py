@@ -318,7 +318,7 @@ def _render(config: SceneConfig, seed: int, index: int) -> tuple[np.ndarray, dic
             "colour": COLOUR_NAMES[obj["colour_index"]],
             "size": SIZE_NAMES[obj["size_index"]],
             "centre": (float(boxes[i, 0] + boxes[i, 2]) / 2, float(boxes[i, 1] + boxes[i, 3]) / 2),
-            "rotation": obj["rotation"],
+            "rotation": bank.rotation_step * round(obj["rotation"] / bank.rotation_step),  # as drawn
         })
     meta: dict[str, Any] = {
         "image_id": index,
@@ -364,9 +364,10 @@ def _to_tensors(pixels: torch.Tensor, meta: dict[str, Any]) -> dict[str, Any]:
     """uint8 (3, S, S) pixels + numpy annotations -> the tensor sample of the shared contract."""
     sample = dict(meta)
     sample["image"] = pixels.float().div_(255.0)  # (3, S, S) in [0, 1]
-    sample["boxes"] = torch.from_numpy(meta["boxes"])
-    sample["labels"] = torch.from_numpy(meta["labels"])
-    sample["masks"] = torch.from_numpy(meta["masks"])
+    # Copies, so that a transform editing boxes in place cannot corrupt a materialised cache.
+    sample["boxes"] = torch.from_numpy(meta["boxes"].copy())
+    sample["labels"] = torch.from_numpy(meta["labels"].copy())
+    sample["masks"] = torch.from_numpy(meta["masks"].copy())
     return sample
 
 
