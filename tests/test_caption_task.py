@@ -1,0 +1,231 @@
+"""Captioning task glue: batches, vocabulary, attention correctness, the TaskSpec, training and captioning."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from visattn.data.images import ImageLoadError
+from visattn.data.vocab import Vocabulary
+from visattn.metrics.attention_correctness import AttentionCorrectness, align_words, mass_in_masks, word_objects
+from visattn.tasks.caption_data import CaptionDataset, build_vocabulary, collate, scene_data, teacher_forced_objects
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return scene_data(num_train=12, num_val=8, num_test=4, image_size=32, num_objects=(1, 2), seed=0,
+                      small_scale=(0.3, 0.34), large_scale=(0.42, 0.5))
+
+
+# ----------------------------------------------------------------------------------------------- batches
+def test_collate_pads_tokens_and_reports_lengths():
+    vocab = Vocabulary.build([["a", "red", "circle"], ["a", "blue", "two"]])
+    samples = [{"image": torch.zeros(3, 8, 8), "image_id": i, "captions": [c],
+                "tokens": torch.tensor(vocab.encode(c.split()))}
+               for i, c in enumerate(["a red circle", "a two"])]
+    batch = collate(samples)
+    assert batch["images"].shape == (2, 3, 8, 8)
+    assert batch["lengths"].tolist() == [5, 4]
+    assert batch["tokens"].shape == (2, 5)
+    assert batch["tokens"][1].tolist() == [vocab.start_id, vocab.token_to_id("a"), vocab.token_to_id("two"),
+                                           vocab.end_id, vocab.pad_id]
+    assert batch["tokens"][0, 4].item() == vocab.end_id
+    assert batch["image_ids"] == [0, 1] and "masks" not in batch
+
+
+def test_dataset_modes_cover_pairs_images_and_random(scenes):
+    pairs = CaptionDataset(scenes.train, scenes.train.tokens, scenes.vocab, mode="pairs")
+    per_image = [len(c) for c in scenes.train.tokens]
+    assert len(pairs) == sum(per_image)
+    seen = {(pairs[i]["image_id"], pairs[i]["caption_index"]) for i in range(len(pairs))}
+    assert len(seen) == len(pairs)  # every (image, caption) pair exactly once
+    images = CaptionDataset(scenes.val, scenes.val.tokens, scenes.vocab, mode="images")
+    assert len(images) == len(scenes.val) and images[0]["caption_index"] == 0
+    torch.manual_seed(0)
+    random = CaptionDataset(scenes.train, scenes.train.tokens, scenes.vocab, mode="random")
+    chosen = {random[0]["caption_index"] for _ in range(40)}
+    assert len(random) == len(scenes.train) and len(chosen) > 1
+    item = pairs[3]
+    words = scenes.vocab.decode(item["tokens"].tolist())
+    assert " ".join(words) == item["captions"][item["caption_index"]]
+    batch = collate([images[i] for i in range(4)])
+    assert len(batch["masks"]) == 4 and len(batch["alignment"]) == 4
+    with pytest.raises(ValueError, match="mode"):
+        CaptionDataset(scenes.train, scenes.train.tokens, scenes.vocab, mode="epochs")
+
+
+def test_vocabulary_comes_from_the_training_split_only():
+    train = [[["a", "red", "circle"]], [["a", "red", "square"]]]
+    vocab = build_vocabulary(train)
+    assert "circle" in vocab and "triangle" not in vocab
+    assert build_vocabulary(train, min_count=2).to_list()[4:] == ["a", "red"]
+
+
+def test_scene_splits_differ_and_vocabulary_is_from_train(scenes):
+    def ids(source):
+        return {tuple(source[i]["image"].flatten()[:50].tolist()) for i in range(len(source))}
+
+    assert not ids(scenes.train) & ids(scenes.val) and not ids(scenes.val) & ids(scenes.test)
+    train_words = {w for image in scenes.train.tokens for c in image for w in c}
+    assert set(scenes.vocab.to_list()[4:]) == train_words
+
+
+# ----------------------------------------------------------------------------------- attention correctness
+def test_all_mass_inside_the_mask_scores_one_and_uniform_scores_the_area():
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[0, :8, :8] = True  # object 0: top-left quarter
+    masks[1, 8:, :] = True  # object 1: bottom half
+    inside = torch.zeros(4, 4)
+    inside[0, 0] = 1.0  # up-sampled bilinearly, its mass stays within pixels 0..4 of rows and columns
+    uniform = torch.full((4, 4), 1 / 16)
+    meter = AttentionCorrectness()
+    meter.update_aligned(torch.stack([inside, uniform, uniform]), [0, 0, 1], masks)
+    torch.testing.assert_close(mass_in_masks(inside[None], masks[:1]), torch.tensor([1.0]))
+    result = meter.compute()
+    assert result["aligned_words"] == 3
+    assert result["attention_correctness"] == pytest.approx((1.0 + 0.25 + 0.5) / 3, abs=1e-5)
+    assert result["uniform_correctness"] == pytest.approx((0.25 + 0.25 + 0.5) / 3)
+    empty = AttentionCorrectness()
+    empty.update_aligned(torch.stack([uniform]), [-1], masks)
+    assert empty.compute()["aligned_words"] == 0
+
+
+def test_generated_words_are_tied_to_objects_only_when_unique():
+    captions = ["a red seven and a red circle", "the seven is large", "there are two red circles"]
+    alignment = [[-1, 0, 0, -1, -1, 1, 1], [-1, 0, -1, 0], [-1, -1, -1, 1, 1]]
+    table = word_objects(captions, alignment)
+    assert table == {"seven": 0, "large": 0, "circle": 1, "circles": 1}  # "red" names both objects
+    assert align_words(["a", "red", "seven", "circle", "blue"], captions, alignment) == [-1, -1, 0, 1, -1]
+    # A count word that is sometimes unaligned is not scored even if it is aligned elsewhere.
+    assert word_objects(["a two", "there are two twos"], [[-1, 0], [-1, -1, -1, 0]]) == {"twos": 0}
+    with pytest.raises(ValueError, match="alignment has"):
+        word_objects(["a red seven"], [[-1, 0]])
+
+
+def test_teacher_forced_objects_need_matching_words():
+    tokens = torch.tensor([1, 5, 6, 2])
+    assert teacher_forced_objects("a seven", [-1, 0], tokens) == [-1, 0]
+    assert teacher_forced_objects("a seven.", [-1, 0], tokens) is None  # punctuation changes the words
+    assert teacher_forced_objects("a seven", [-1, 0], tokens[:3]) is None  # truncated
+
+
+# ------------------------------------------------------------------------------- task, training, captioning
+def tiny_config():
+    from visattn.encoders import EncoderConfig
+    from visattn.heads.captioner import CaptionerConfig
+
+    return CaptionerConfig(encoder=EncoderConfig(width=16, depth=2, num_downsample=2), attention_dim=16,
+                           decoder_dim=32, embed_dim=16, dropout=0.0, max_len=12)
+
+
+def tiny_model(vocab):
+    from dataclasses import replace
+
+    from visattn.models import build_model
+
+    torch.manual_seed(0)
+    return build_model("captioner", replace(tiny_config(), vocab=vocab.to_list()))
+
+
+def test_task_loss_trains_and_evaluate_decodes(scenes):
+    from torch.utils.data import DataLoader
+
+    from visattn.engine import TrainConfig
+    from visattn.tasks.caption import caption_task
+
+    task = caption_task(beam_size=2)
+    model = tiny_model(scenes.vocab)
+    pairs = CaptionDataset(scenes.train, scenes.train.tokens, scenes.vocab)
+    batch = collate([pairs[i] for i in range(8)])
+    terms = task.loss(model, batch, torch.device("cpu"))
+    assert {"loss", "loss_ce"} <= set(terms) and terms["loss"].requires_grad
+    terms["loss"].backward()
+    assert model.attention is not None and all(p.grad is not None for p in model.attention.parameters())
+    groups = caption_task(encoder_lr=1e-5).param_groups(model, TrainConfig())
+    assert groups[1]["lr"] == 1e-5 and len(groups[0]["params"]) + len(groups[1]["params"]) == len(
+        [p for p in model.parameters() if p.requires_grad])
+    val = CaptionDataset(scenes.val, scenes.val.tokens, scenes.vocab, mode="images")
+    metrics = task.evaluate(model.eval(), DataLoader(val, batch_size=4, collate_fn=task.collate), torch.device("cpu"))
+    for key in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D", "attention_correctness",
+                "uniform_correctness", "attention_correctness_tf", "uniform_correctness_tf"):
+        assert key in metrics and metrics[key] >= 0.0, key
+    assert 0.0 < metrics["uniform_correctness_tf"] < 1.0 and metrics["aligned_words_tf"] > 8
+    assert task.monitor == "CIDEr-D" and task.monitor in metrics
+
+
+def test_evaluation_decodes_for_real(scenes, monkeypatch):
+    """The monitored metric comes from generated captions: a model that generates a reference scores high."""
+    from torch.utils.data import DataLoader
+
+    from visattn.heads.beam import Hypothesis
+    from visattn.tasks.caption import evaluate_captioner
+
+    model = tiny_model(scenes.vocab).eval()
+    calls = []
+
+    def generate(images=None, *, features=None, grid=None, beam_size=1, max_len=None, n_best=1, length_penalty=0.0):
+        calls.append(beam_size)  # every image "generates" its first reference, with uniform attention
+        return [[Hypothesis(scenes.vocab.encode(tokens[0])[1:-1], 0.0, torch.full((20, 4, 4), 1 / 16))]
+                for tokens in scenes.val.tokens]
+
+    monkeypatch.setattr(model, "generate", generate)
+    val = CaptionDataset(scenes.val, scenes.val.tokens, scenes.vocab, mode="images")
+    loader = DataLoader(val, batch_size=len(val), collate_fn=collate)
+    metrics = evaluate_captioner(model, loader, torch.device("cpu"), beam_size=3, teacher_forced=False)
+    assert calls == [3]
+    assert metrics["BLEU-1"] > 0.99 and metrics["CIDEr-D"] > 1.0
+    assert metrics["attention_correctness"] == pytest.approx(metrics["uniform_correctness"], abs=0.02)
+
+
+def test_train_then_caption_writes_checkpoint_and_figures(scenes, tmp_path):
+    from PIL import Image
+
+    from visattn.engine import TrainConfig
+    from visattn.models import load
+    from visattn.tasks.caption import caption_images, train_captioner
+
+    result = train_captioner(tiny_config(), scenes, TrainConfig(epochs=1, batch_size=16, progress=False),
+                             tmp_path / "run", beam_size=2)
+    assert (tmp_path / "run" / "best.safetensors").is_file() and (tmp_path / "run" / "last.safetensors").is_file()
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert "val_CIDEr-D" in record and "val_BLEU-4" in record and result["best"]["metric"] == "CIDEr-D"
+    model = load(tmp_path / "run" / "best.safetensors", task="caption")
+    assert model.config.vocab == scenes.vocab.to_list()
+    path = tmp_path / "scene.png"
+    Image.fromarray((scenes.test[0]["image"].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(path)
+    results = caption_images(model, [path], image_size=32, beam_size=3, n_best=2, max_len=6,
+                             out_dir=tmp_path / "figures")
+    assert len(results[0].captions) == 2 and results[0].captions[0][1] >= results[0].captions[1][1]
+    assert len(results[0].words) <= 6 and results[0].attention.shape[0] == len(results[0].words)
+    if results[0].words:  # an untrained model may end at once; then there is no word to draw
+        assert [p.suffix for p in results[0].figures] == [".png", ".gif"]
+        assert all(p.stat().st_size > 0 for p in results[0].figures)
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(ImageLoadError, match="broken.png"):
+        caption_images(model, [path, corrupt], image_size=32)
+    for bad in (dict(beam_size=0), dict(max_len=0), dict(beam_size=2, n_best=3)):
+        with pytest.raises(ValueError):
+            caption_images(model, [path], image_size=32, **bad)
+
+
+def test_feature_cache_training_and_vocabulary_mismatch_on_resume(scenes, tmp_path):
+    from visattn.engine import TrainConfig
+    from visattn.tasks.caption import train_captioner
+    from visattn.tasks.caption_data import scene_data
+
+    config = TrainConfig(epochs=1, batch_size=16, progress=False)
+    result = train_captioner(tiny_config(), scenes, config, tmp_path / "run", beam_size=1,
+                             feature_cache=tmp_path / "cache", cache_dtype="float16")
+    assert (tmp_path / "cache" / "train" / "manifest.json").is_file() and result["history"]
+    with pytest.raises(ValueError, match="frozen encoder"):
+        train_captioner(tiny_config(), scenes, config, tmp_path / "x", feature_cache=tmp_path / "cache",
+                        encoder_lr=1e-4)
+    other = scene_data(num_train=3, num_val=2, image_size=32, num_objects=(1, 1), seed=5,
+                       small_scale=(0.3, 0.34), large_scale=(0.42, 0.5))
+    assert other.vocab != scenes.vocab
+    with pytest.raises(ValueError, match="vocabulary mismatch"):
+        train_captioner(tiny_config(), other, TrainConfig(epochs=2, batch_size=16, progress=False),
+                        tmp_path / "run", resume=tmp_path / "run" / "last.safetensors")
