@@ -224,7 +224,9 @@ def _small_cnn(config: EncoderConfig) -> nn.Sequential:
             nn.ReLU(inplace=True),
         ]
         if i < config.num_downsample:
-            layers.append(nn.MaxPool2d(2))  # (B, C, H, W) -> (B, C, H // 2, W // 2)
+            # ceil_mode: an odd side keeps its last row/column (15 -> 8, not 7), so the grid covers the whole
+            # image and up-sampled attention lines up with it; flooring shifted maps by up to a cell.
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))  # (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2))
         blocks[f"block{i}"] = nn.Sequential(*layers)
         in_channels = channels
     return nn.Sequential(blocks)
