@@ -323,7 +323,8 @@ class Captioner(nn.Module):
                 reward = -token_ce.detach().sum(dim=1)  # (B,) log p(y | s, a)
                 baseline = self._baseline(reward)
                 log_prob = (outputs["attention_log_prob"] * mask).sum(dim=1)  # (B,)
-                terms["loss_reinforce"] = -self.config.hard_reinforce * ((reward - baseline) * log_prob).sum() / num_targets
+                advantage = reward - baseline  # (B,)
+                terms["loss_reinforce"] = -self.config.hard_reinforce * (advantage * log_prob).sum() / num_targets
                 entropy = (outputs["attention_entropy"] * mask).sum()
                 terms["loss_entropy"] = -self.config.hard_entropy * entropy / num_targets
         terms["loss"] = sum(terms.values())
