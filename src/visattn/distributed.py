@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["init_from_env", "is_distributed", "rank", "world_size", "is_main", "barrier", "gather_objects",
-           "broadcast_object", "all_reduce_mean", "cleanup"]
+           "broadcast_object", "all_reduce_mean", "all_ranks_true", "cleanup"]
 
 
 def init_from_env(device: torch.device) -> bool:
@@ -83,6 +83,19 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     out = tensor.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / world_size()
+
+
+def all_ranks_true(flag: torch.Tensor) -> bool:
+    """True when a boolean scalar is True on every rank: a decision all ranks take together.
+
+    A rank leaving the training loop alone (say, on a non-finite loss only it has seen) would leave the
+    others waiting forever in the next gradient all-reduce; deciding on the minimum over ranks avoids that.
+    """
+    if not is_distributed():
+        return bool(flag)
+    value = flag.detach().to(torch.float32).reshape(1)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
 
 
 def cleanup() -> None:

@@ -101,9 +101,10 @@ class NonFiniteLossError(RuntimeError):
 
 def select_device(name: str = "auto") -> torch.device:
     """"auto" picks CUDA, then MPS, then CPU; an explicit name must be available (clear error if not)."""
+    if name in ("auto", "cuda") and torch.cuda.is_available():
+        # Under torchrun each process takes the GPU of its local rank (plain "cuda" too, not all on cuda:0).
+        return torch.device("cuda", dist.local_rank() if dist.local_rank() < torch.cuda.device_count() else 0)
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", dist.local_rank() if dist.local_rank() < torch.cuda.device_count() else 0)
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -198,12 +199,13 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, task: TaskSpec, optimi
         num_images += len(batch["images"])
         for key, value in terms.items():
             sums[key] = sums.get(key, 0.0) + value.detach().float()
-        if num_batches % check_every == 0 and not torch.isfinite(sums["loss"]):
+        # Decided together: a rank stopping alone would leave the others in the next all-reduce.
+        if num_batches % check_every == 0 and not dist.all_ranks_true(torch.isfinite(sums["loss"])):
             raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {step}")
         if num_batches % cfg.log_every == 0:
             bar.set_postfix(loss=f"{float(sums['loss']) / num_batches:.4f}",
                             img_s=f"{num_images / (time.perf_counter() - start):.0f}")
-    if num_batches and not torch.isfinite(sums["loss"]):
+    if num_batches and not dist.all_ranks_true(torch.isfinite(sums["loss"])):
         raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {step}")
     elapsed = time.perf_counter() - start
     stats = {f"train_{k}": float(dist.all_reduce_mean(v)) / max(1, num_batches) for k, v in sums.items()}
@@ -267,6 +269,9 @@ def fit(model: nn.Module, model_name: str, task: TaskSpec, train_set: Dataset, v
     distributed = dist.init_from_env(device)
     seed_everything(cfg.seed)
     model.to(device)
+    if distributed and device.type == "cuda":
+        # Batch statistics over the global batch, as in one process (reuses the same parameters/buffers).
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     groups = task.param_groups(model, cfg) if task.param_groups else [{"params": [p for p in model.parameters()
                                                                                   if p.requires_grad]}]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)

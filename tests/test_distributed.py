@@ -1,0 +1,126 @@
+"""DDP through torchrun: two CPU processes (gloo) train exactly like one process with the same global batch.
+
+This file is also the worker script: ``torchrun ... tests/test_distributed.py --worker RUN_DIR`` trains the
+tiny classifier below with the engine and records, per rank, every checkpoint it writes.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from visattn import distributed as dist
+from visattn.encoders import EncoderConfig
+from visattn.engine import TrainConfig, fit
+from visattn.heads.classifier import ClassifierConfig
+from visattn.models import build_model, load
+from visattn.tasks.classify import classification_task
+
+EPOCHS = 3
+PER_RANK_BATCH = 4
+WORLD_SIZE = 2
+NUM_TRAIN = 48  # a multiple of the global batch: no sample is padded in by the DistributedSampler
+
+
+class Squares(Dataset):
+    """A bright square whose column encodes the class; deterministic from the seed."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, 3, (n,), generator=g)
+        self.noise = torch.rand(n, 3, 16, 16, generator=g) * 0.3
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        image, label = self.noise[i].clone(), int(self.labels[i])
+        x = 2 + 4 * label
+        image[:, 5:10, x : x + 4] = 1.0
+        return {"image": image, "label": label, "boxes": torch.tensor([[x, 5, x + 4, 10]], dtype=torch.float32),
+                "image_id": i}
+
+
+def _model():
+    # GroupNorm and no dropout: nothing that depends on the per-rank share of a batch or on per-rank RNG.
+    torch.manual_seed(0)
+    config = ClassifierConfig(encoder=EncoderConfig(width=8, depth=2, num_downsample=1, norm="group"),
+                              class_names=["a", "b", "c"], attention_dim=8, hidden_dim=16, dropout=0.0,
+                              image_size=16)
+    return build_model("classifier", config)
+
+
+def _train(run_dir: Path, batch_size: int) -> dict:
+    config = TrainConfig(epochs=EPOCHS, batch_size=batch_size, lr=5e-3, device="cpu", progress=False, seed=7,
+                         warmup_steps=2)
+    return fit(_model(), "classifier", classification_task(), Squares(NUM_TRAIN, 0), Squares(12, 1), config, run_dir)
+
+
+def _worker(run_dir: Path) -> None:
+    """Run under torchrun: train, and log every checkpoint write of this rank to writes-rank<r>.json."""
+    import visattn.engine as engine
+
+    writes: list[str] = []
+    original = engine.save_checkpoint
+
+    def recording_save(path, *args, **kwargs):
+        writes.append(Path(path).name)
+        return original(path, *args, **kwargs)
+
+    engine.save_checkpoint = recording_save
+    result = _train(run_dir, PER_RANK_BATCH)
+    # A NaN image in rank 0's first batch only: both ranks must stop together (not one waiting forever).
+    poisoned = Squares(NUM_TRAIN, 0)
+    first = torch.randperm(NUM_TRAIN, generator=torch.Generator().manual_seed(7)).tolist()[0]  # the sampler's order
+    poisoned.noise[first] = float("nan")
+    config = TrainConfig(epochs=1, batch_size=PER_RANK_BATCH, device="cpu", progress=False, seed=7)
+    stopped = fit(_model(), "classifier", classification_task(), poisoned, None, config, run_dir / "nan")["stopped"]
+    rank = dist.rank()
+    (run_dir / f"writes-rank{rank}.json").write_text(json.dumps(
+        {"writes": writes, "world_size": dist.world_size(), "stopped": stopped,
+         "losses": [record["train_loss"] for record in result["history"]]}))
+    dist.cleanup()
+
+
+@pytest.mark.distributed
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD_SIZE}",
+               __file__, "--worker", str(tmp_path / "ddp")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+    single = _train(tmp_path / "single", PER_RANK_BATCH * WORLD_SIZE)
+    single_losses = [record["train_loss"] for record in single["history"]]
+    ranks = [json.loads((tmp_path / "ddp" / f"writes-rank{r}.json").read_text()) for r in range(WORLD_SIZE)]
+    assert all(r["world_size"] == WORLD_SIZE for r in ranks)
+    # Every rank reports the same (all-reduced) per-epoch loss, equal to one process on the global batch.
+    for r in ranks:
+        assert r["losses"] == pytest.approx(single_losses, abs=1e-4)
+    assert single_losses[-1] < single_losses[0]  # it trained
+    # Rank 0 alone writes: one last.safetensors per epoch (none for the stopped run), nothing from rank 1.
+    assert ranks[0]["writes"].count("last.safetensors") == EPOCHS
+    assert ranks[1]["writes"] == []
+    assert [r["stopped"].split(";")[0] for r in ranks] == ["non-finite loss at epoch 1, step 1"] * WORLD_SIZE
+    lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, EPOCHS + 1))
+    # The same final model as the single process. (Compared by outputs: the additive score's bias gets a
+    # zero gradient up to rounding, which AdamW's normalisation turns into different +-lr steps.)
+    images = torch.stack([Squares(12, 1)[i]["image"] for i in range(12)])
+    with torch.no_grad():
+        ddp_out = load(tmp_path / "ddp" / "last.safetensors")(images)
+        single_out = load(tmp_path / "single" / "last.safetensors")(images)
+    torch.testing.assert_close(ddp_out["logits"], single_out["logits"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ddp_out["attention"], single_out["attention"], rtol=1e-4, atol=1e-5)
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        _worker(Path(sys.argv[2]))
+    else:
+        sys.exit("usage: torchrun --nproc_per_node=2 tests/test_distributed.py --worker RUN_DIR")
