@@ -149,9 +149,11 @@ def test_task_loss_trains_and_evaluate_decodes(scenes):
     val = CaptionDataset(scenes.val, scenes.val.tokens, scenes.vocab, mode="images")
     metrics = task.evaluate(model.eval(), DataLoader(val, batch_size=4, collate_fn=task.collate), torch.device("cpu"))
     for key in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D", "attention_correctness",
-                "uniform_correctness", "attention_correctness_tf", "uniform_correctness_tf"):
+                "uniform_correctness", "attention_correctness_tf", "uniform_correctness_tf",
+                "attention_correctness_box", "uniform_correctness_box", "attention_correctness_box_tf"):
         assert key in metrics and metrics[key] >= 0.0, key
-    assert 0.0 < metrics["uniform_correctness_tf"] < 1.0 and metrics["aligned_words_tf"] > 8
+    assert 0.0 < metrics["uniform_correctness_tf"] < metrics["uniform_correctness_box_tf"] < 1.0  # mask inside box
+    assert metrics["aligned_words_tf"] > 8
     assert task.monitor == "CIDEr-D" and task.monitor in metrics
 
 
@@ -229,3 +231,42 @@ def test_feature_cache_training_and_vocabulary_mismatch_on_resume(scenes, tmp_pa
     with pytest.raises(ValueError, match="vocabulary mismatch"):
         train_captioner(tiny_config(), other, TrainConfig(epochs=2, batch_size=16, progress=False),
                         tmp_path / "run", resume=tmp_path / "run" / "last.safetensors")
+
+
+def _write_scenes(source, folder, first_id):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(len(source)):
+        sample = source[i]
+        path = folder / f"{first_id + i}.png"
+        Image.fromarray((sample["image"].permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(path)
+        records.append({"path": str(path), "image_id": first_id + i, "captions": sample["captions"]})
+    return records
+
+
+def test_karpathy_and_coco_files_give_the_same_task(scenes, tmp_path):
+    from visattn.data.coco_captions import write_coco_captions
+    from visattn.data.karpathy import write_karpathy
+    from visattn.tasks.caption_data import coco_data, karpathy_data
+
+    train = _write_scenes(scenes.train, tmp_path / "images" / "train", 0)
+    val = _write_scenes(scenes.val, tmp_path / "images" / "val", 1000)
+    write_karpathy({"train": train[:8], "restval": train[8:], "val": val}, tmp_path / "karpathy.json",
+                   image_root=tmp_path / "images")
+    data = karpathy_data(tmp_path / "karpathy.json", tmp_path / "images", image_size=32, min_count=1)
+    assert len(data.train) == len(scenes.train) and len(data.val) == len(scenes.val)
+    assert data.vocab == scenes.vocab  # from train (+restval) only, same words as the procedural route
+    item = CaptionDataset(data.val, data.val.tokens, data.vocab, mode="images")[0]
+    torch.testing.assert_close(item["image"], scenes.val[0]["image"], atol=1 / 255, rtol=0)
+    assert item["image_id"] == 1000 and item["captions"] == scenes.val[0]["captions"]
+    write_coco_captions(train, tmp_path / "train.json", image_root=tmp_path / "images" / "train")
+    write_coco_captions(val, tmp_path / "val.json", image_root=tmp_path / "images" / "val")
+    coco = coco_data(tmp_path / "train.json", tmp_path / "images" / "train", tmp_path / "val.json",
+                     tmp_path / "images" / "val", image_size=32, min_count=1)
+    assert coco.vocab == scenes.vocab and len(coco.val) == len(scenes.val)
+    broken = tmp_path / "images" / "val" / "1001.png"
+    broken.write_bytes(broken.read_bytes()[:40])
+    with pytest.raises(ImageLoadError, match="1001.png"):
+        coco.val[1]

@@ -166,7 +166,7 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ``lengths`` (B,) int64: ids before the padding (n + 2); ``images`` (B, 3, H, W) or, from a feature
         cache, ``features`` (B, L, C) with ``grid`` (H', W'); ``image_ids``, ``captions`` (all references of
         each image), ``caption_index`` (which reference ``tokens`` holds) and, when every item has them,
-        ``alignment`` and ``masks`` (lists, one entry per image).
+        ``alignment``, ``masks`` and ``boxes`` (lists, one entry per image).
     """
     if not samples:
         raise ValueError("collate: empty batch")
@@ -185,7 +185,7 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         batch["images"] = batch["features"]
     else:
         batch["images"] = torch.stack([s["image"] for s in samples])  # (B, 3, H, W)
-    for key in ("alignment", "masks"):
+    for key in ("alignment", "masks", "boxes"):
         if all(s.get(key) is not None for s in samples):
             batch[key] = [s[key] for s in samples]
     return batch
