@@ -1,9 +1,17 @@
-"""Frozen-encoder feature cache: build, hit, rebuild on any change of its key, exact features."""
+"""Frozen-encoder feature cache: build, hit, rebuild on any change of its key, exact features.
+
+This file is also a torchrun worker: ``torchrun --nproc_per_node=2 tests/test_feature_cache.py --worker DIR``
+opens one cache from every rank and records which rank built it.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,3 +167,43 @@ def test_build_rejects_bad_options(tmp_path):
     encoder, images = tiny_encoder(), Images()
     with pytest.raises(ValueError, match="dtype"):
         build_feature_cache(encoder, images, tmp_path / "c", key="k", fingerprint={}, dtype="int8")
+
+
+def _worker(directory: Path) -> None:
+    """Under torchrun: every rank opens the same cache; record who built it and what each rank read."""
+    import visattn.data.feature_cache as feature_cache
+    from visattn import distributed as dist
+
+    dist.init_from_env(torch.device("cpu"))
+    built: list[int] = []
+    original = feature_cache.build_feature_cache
+
+    def recording_build(*args, **kwargs):
+        built.append(dist.rank())
+        return original(*args, **kwargs)
+
+    feature_cache.build_feature_cache = recording_build
+    cache = ensure(tiny_encoder(), Images(), directory / "cache")
+    (directory / f"rank{dist.rank()}.json").write_text(json.dumps(
+        {"built": built, "key": cache.key, "sum": float(cache.features.double().sum())}))
+    dist.cleanup()
+
+
+@pytest.mark.distributed
+def test_under_torchrun_rank_zero_builds_and_every_rank_reads(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
+               "--worker", str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, f"torchrun failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["built"] == [0] and ranks[1]["built"] == []
+    assert ranks[0]["key"] == ranks[1]["key"] and ranks[0]["sum"] == ranks[1]["sum"]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        _worker(Path(sys.argv[2]))
+    else:
+        sys.exit("usage: torchrun --nproc_per_node=2 tests/test_feature_cache.py --worker DIR")
