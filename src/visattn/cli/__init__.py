@@ -17,7 +17,7 @@ from visattn.cli.common import CliError, UsageError, add_device_option, set_thre
 __all__ = ["main", "build_parser"]
 
 # Each module exposes register(commands); the order is the order of --help.
-COMMAND_MODULES = ("visattn.cli.data", "visattn.cli.classify", "visattn.cli.demo")
+COMMAND_MODULES = ("visattn.cli.data", "visattn.cli.classify", "visattn.cli.demo", "visattn.cli.bench")
 
 log = logging.getLogger("visattn")
 

@@ -1,0 +1,295 @@
+"""Caption training speed: one step (forward, backward, AdamW) of visattn's captioner vs the textbook decoder.
+
+Both decoders start from the same weights (``reference_sat.copy_to_captioner``) and train on the same
+batch of annotation vectors (B, L, C) and captions, in the same process, alternating, median of ``--steps``
+timed steps after warm-up. Defaults are the paper's dimensions: encoder 2048, grid 14×14, attention,
+decoder and embedding 512, vocabulary 10,000, batch 32, captions of up to 22 tokens (lengths drawn
+uniformly between half that and that; the longest caption of the batch has the maximum length).
+
+``--dtype bf16`` runs visattn's decoder with bf16 weights and activations and fp32 master weights in the
+optimizer (autocast around an fp32 model is slower on CPUs: the casts dominate), next to the fp32
+reference and visattn in fp32; every step's loss is reported so that bf16 training can be seen to follow
+fp32.
+
+FLOP count (``gflop_per_step``), matrix products only, 2·m·n·k each; backward counts 2× forward (input
+and weight gradients) except where the input is the annotations, which need no gradient (1×). With B
+captions, S = the longest decode length, b_t the captions still running at step t, and (L, C, A, D, E, V)
+the widths above:
+
+    both        init h_0, c_0       2 · 2·B·C·D                                   (fwd+bwd 2×)
+    visattn     keys, once          2·B·L·C·A                                     (2×)
+                per step (×S)       query 2·B·D·A, score 2·B·L·A (3×), context 2·B·L·C (2×),
+                                    gate 2·B·D·C, LSTM state 2·B·(C+D)·4D (3×)
+                all steps at once   LSTM word 2·B·S·E·4D, output 2·B·S·D·V (3×)
+    reference   per step t          keys 2·b_t·L·C·A (2×), query 2·b_t·D·A, score 2·b_t·L·A (3×),
+                                    context 2·b_t·L·C (2×), gate 2·b_t·D·C, LSTM 2·b_t·(E+C+D)·4D,
+                                    output 2·b_t·D·V (3×)
+
+``achieved_gflops`` = gflop_per_step / seconds_per_step; ``peak_gflops`` is a square matmul measured in
+the same run with the same dtype and threads.
+
+Run: ``visattn bench caption-train [--dtype bf16] [--json]`` or ``python benchmarks/caption_train.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+import _timing
+from visattn.encoders import EncoderConfig
+from visattn.heads.captioner import Captioner, CaptionerConfig
+from reference_sat import ReferenceDecoder, copy_to_captioner, reference_loss
+
+
+@dataclass
+class Dims:
+    encoder_dim: int = 2048
+    grid: int = 14
+    attention_dim: int = 512
+    decoder_dim: int = 512
+    embed_dim: int = 512
+    vocab_size: int = 10_000
+    batch_size: int = 32
+    max_len: int = 22  # tokens per caption, <start> and <end> included
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.max_len < 3 or self.vocab_size < 5:
+            raise ValueError("--max-len must be >= 3 and --vocab-size >= 5 (4 special tokens and a word)")
+
+
+def make_batch(dims: Dims, *, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Annotations (B, L, C) >= 0 like a ReLU CNN's, tokens (B, T) and lengths (B,), deterministic from seed."""
+    gen = torch.Generator().manual_seed(seed)
+    batch, steps = dims.batch_size, dims.max_len
+    features = torch.randn(batch, dims.grid**2, dims.encoder_dim, generator=gen).relu_()
+    lengths = torch.randint((steps + 1) // 2, steps + 1, (batch,), generator=gen)
+    lengths[0] = steps
+    tokens = torch.randint(4, dims.vocab_size, (batch, steps), generator=gen)
+    tokens[:, 0] = 1  # <start>
+    for row, length in enumerate(lengths.tolist()):
+        tokens[row, length - 1] = 2  # <end>
+        tokens[row, length:] = 0  # <pad>
+    return features, tokens, lengths
+
+
+def vocabulary(size: int) -> list[str]:
+    return ["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(size - 4)]
+
+
+def build_models(dims: Dims, *, dropout: float = 0.5, alpha_c: float = 0.0, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+    """(reference, visattn captioner) with the same weights; the captioner's (unused) encoder is dropped."""
+    torch.manual_seed(seed)
+    reference = ReferenceDecoder(vocab_size=dims.vocab_size, encoder_dim=dims.encoder_dim,
+                                 attention_dim=dims.attention_dim, decoder_dim=dims.decoder_dim,
+                                 embed_dim=dims.embed_dim, dropout=dropout, alpha_c=alpha_c)
+    # Features are given, so the encoder never runs: a one-block CNN of the right width, frozen, then emptied
+    # so that its weights count neither in the optimizer nor in memory.
+    encoder = EncoderConfig(width=dims.encoder_dim, depth=1, num_downsample=0, trainable_from="none")
+    config = CaptionerConfig(encoder=encoder, vocab=vocabulary(dims.vocab_size), attention="additive",
+                             gate="channel", deep_output=False, attention_dim=dims.attention_dim,
+                             decoder_dim=dims.decoder_dim, embed_dim=dims.embed_dim, dropout=dropout,
+                             alpha_c=alpha_c, max_len=dims.max_len)
+    captioner = Captioner(config)
+    captioner.encoder.trunk = nn.Sequential()
+    copy_to_captioner(reference, captioner)
+    return reference, captioner
+
+
+class MasterWeightStep:
+    """One optimizer step of a low-precision copy of a model whose fp32 master weights AdamW updates.
+
+    Forward and backward run in ``dtype`` (weights and activations); the gradients are copied to the
+    fp32 master parameters, AdamW steps there, and the result is copied back.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, *, lr: float) -> None:
+        self.model = copy.deepcopy(model).to(dtype)
+        self.master = [p for p in model.parameters() if p.requires_grad]
+        self.low = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.master, lr=lr)
+
+    def __call__(self, loss_fn: Callable[[nn.Module], Tensor]) -> Tensor:
+        for p in self.low:
+            p.grad = None
+        loss = loss_fn(self.model)
+        loss.backward()
+        for master, low in zip(self.master, self.low):
+            master.grad = low.grad.float()
+        self.optimizer.step()
+        with torch.no_grad():
+            torch._foreach_copy_(self.low, self.master)
+        return loss.detach()
+
+
+def build_step(which: str, dims: Dims, *, dtype: str = "fp32", device: str = "cpu", seed: int = 0,
+               dropout: float = 0.5, lr: float = 4e-4) -> Callable[[], Tensor]:
+    """A callable doing one training step of ``which`` ("reference" or "visattn") and returning its loss.
+
+    The models and the batch are built from ``seed``, so both implementations start from the same state.
+    """
+    reference, captioner = build_models(dims, dropout=dropout, seed=seed)
+    features, tokens, lengths = (t.to(device) for t in make_batch(dims, seed=seed))
+    grid = (dims.grid, dims.grid)
+    if which == "reference":
+        if dtype != "fp32":
+            raise ValueError("the reference runs in fp32 only")
+        model = reference.to(device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+
+        def reference_step() -> Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            loss = reference_loss(model, features, tokens, lengths)
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+
+        return reference_step
+    if which != "visattn":
+        raise ValueError(f"unknown implementation {which!r}")
+    captioner = captioner.to(device).train()
+    low = _timing.TORCH_DTYPES[dtype]
+    inputs = features.to(low)  # a feature cache can store them in the training dtype
+
+    def loss_fn(model: nn.Module) -> Tensor:
+        outputs = model(features=inputs, tokens=tokens, lengths=lengths, grid=grid)
+        return model.loss(outputs, tokens)["loss"]
+
+    if dtype != "fp32":
+        master_step = MasterWeightStep(captioner, low, lr=lr)
+        return lambda: master_step(loss_fn)
+    params = [p for p in captioner.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr)
+
+    def visattn_step() -> Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(captioner)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return visattn_step
+
+
+def _product(m: int, n: int, k: int, passes: int) -> float:
+    return 2.0 * m * n * k * passes
+
+
+def train_gflop(which: str, dims: Dims, lengths: Tensor) -> float:
+    """GFLOP of one training step, forward and backward (module docstring)."""
+    B, L, C, A, D, E, V = (dims.batch_size, dims.grid**2, dims.encoder_dim, dims.attention_dim, dims.decoder_dim,
+                           dims.embed_dim, dims.vocab_size)
+    decode = (lengths - 1).tolist()
+    S = max(decode)
+    total = 2 * _product(B, D, C, 2)  # init_h, init_c on the mean annotation
+    if which == "visattn":
+        total += _product(B * L, A, C, 2)  # keys, once per image
+        per_step = (_product(B, A, D, 3) + _product(B, L, A, 3) + _product(B, C, L, 2) + _product(B, C, D, 3)
+                    + _product(B, 4 * D, C + D, 3))
+        total += S * per_step + _product(B * S, 4 * D, E, 3) + _product(B * S, V, D, 3)
+    else:
+        for t in range(S):
+            b = sum(length > t for length in decode)
+            total += (_product(b * L, A, C, 2) + _product(b, A, D, 3) + _product(b, L, A, 3) + _product(b, C, L, 2)
+                      + _product(b, C, D, 3) + _product(b, 4 * D, E + C + D, 3) + _product(b, V, D, 3))
+    return total / 1e9
+
+
+def memory_workload(which: str, dims: dict[str, int], dtype: str, device: str, seed: int) -> Callable[[], Tensor]:
+    """Entry point of the peak-memory child process (see ``_timing.peak_memory``)."""
+    return build_step(which, Dims(**dims), dtype=dtype, device=device, seed=seed)
+
+
+def run(dims: Dims, *, dtype: str = "fp32", steps: int = 5, warmup: int = 2, device: str = "cpu",
+        threads: int | None = None, seed: int = 0, memory: bool = True, peak_size: int = 2048) -> dict[str, Any]:
+    """Measure both implementations side by side; returns the JSON-able report (module docstring).
+
+    ``peak_size`` is the side of the square matmul that measures the peak.
+    """
+    if dtype not in ("fp32", "bf16"):
+        raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")
+    chosen = _timing.configure(threads, device)
+    device = str(chosen)
+    kinds = {"reference": "fp32", "visattn": dtype}
+    if dtype != "fp32":
+        kinds["visattn_fp32"] = "fp32"  # how bf16 training compares with fp32 training, step by step
+    steppers = {name: build_step(name.split("_")[0], dims, dtype=kind, device=device, seed=seed)
+                for name, kind in kinds.items()}
+    losses: dict[str, list[Tensor]] = {name: [] for name in steppers}
+
+    def recorder(name: str) -> Callable[[], None]:
+        return lambda: losses[name].append(steppers[name]())
+
+    times = _timing.time_alternating({name: recorder(name) for name in steppers}, repeats=steps, warmup=warmup,
+                                     device=chosen)
+    peaks = {kind: _timing.matmul_peak_gflops(_timing.TORCH_DTYPES[kind], chosen, size=peak_size)
+             for kind in sorted(set(kinds.values()))}
+    _, _, lengths = make_batch(dims, seed=seed)
+    tokens_per_step = int((lengths - 1).sum())
+    report: dict[str, Any] = {"benchmark": "caption-train", **_timing.device_info(chosen), "dims": asdict(dims),
+                              "dtype": dtype, "steps": steps, "warmup": warmup, "tokens_per_step": tokens_per_step,
+                              "peak_gflops": peaks[dtype]}
+    for name, kind in kinds.items():
+        seconds = _timing.summarise(times[name])
+        gflop = train_gflop(name.split("_")[0], dims, lengths)
+        history = [float(x) for x in losses[name]]
+        entry = {"dtype": kind, "seconds_per_step": seconds["median"], "seconds_min": seconds["min"],
+                 "seconds_max": seconds["max"], "tokens_per_s": tokens_per_step / seconds["median"],
+                 "gflop_per_step": gflop, "achieved_gflops": gflop / seconds["median"], "peak_gflops": peaks[kind],
+                 "fraction_of_peak": gflop / seconds["median"] / peaks[kind], "losses": history}
+        if memory:
+            entry["memory"] = _timing.peak_memory(
+                "caption_train", "memory_workload",
+                {"which": name.split("_")[0], "dims": asdict(dims), "dtype": kind, "device": device, "seed": seed},
+                device=chosen, run=steppers[name])
+        report[name] = entry
+    report["speedup"] = report["reference"]["seconds_per_step"] / report["visattn"]["seconds_per_step"]
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="visattn bench caption-train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, value in asdict(Dims()).items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=value, help=f"(default: {value})")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation (default: 5)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="visattn's precision")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak-size", type=int, default=2048, help="side of the peak-measuring matmul (default: 2048)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--json", action="store_true", help="print only the JSON report")
+    args = parser.parse_args(argv)
+    try:
+        dims = Dims(**{name: getattr(args, name) for name in asdict(Dims())})
+        report = run(dims, dtype=args.dtype, steps=args.steps, warmup=args.warmup, device=args.device,
+                     threads=args.threads, seed=args.seed, memory=not args.no_memory, peak_size=args.peak_size)
+    except ValueError as err:
+        print(f"caption-train: error: {err}", file=sys.stderr)
+        return 2
+    if not args.json:
+        for name in ("reference", "visattn", "visattn_fp32"):
+            if name in report:
+                e = report[name]
+                print(f"{name:13s} {e['dtype']}: {e['seconds_per_step']:.3f} s/step, {e['tokens_per_s']:.0f} tokens/s, "
+                      f"{e['achieved_gflops']:.0f} GFLOP/s ({100 * e['fraction_of_peak']:.0f}% of peak), "
+                      f"loss {e['losses'][0]:.3f} -> {e['losses'][-1]:.3f}", file=sys.stderr)
+        print(f"speedup {report['speedup']:.2f}x on {report['device']} ({report['threads']} threads)", file=sys.stderr)
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
