@@ -9,7 +9,7 @@ import visattn.heads.captioner  # noqa: F401  (registers "captioner" until heads
 from visattn.checkpoint import save_checkpoint
 from visattn.config import config_to_dict
 from visattn.encoders import EncoderConfig
-from visattn.heads.beam import beam_search, expand_for_beams, greedy_search
+from visattn.heads.beam import beam_search, greedy_search
 from visattn.heads.captioner import Captioner, CaptionerConfig
 from visattn.models import build_model, load
 
