@@ -1,0 +1,173 @@
+"""``visattn train caption``, ``eval`` of captioners and ``visattn caption IMAGE...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from visattn.cli.common import CliError, UsageError, add_device_option, add_train_options, load_json_config, \
+    positive_int, train_config_from_args
+from visattn.engine import select_device
+
+__all__ = ["register"]
+
+ATTENTIONS = ["additive", "dot", "scaled_dot", "multihead", "concat", "none"]
+
+
+def register(commands: dict) -> None:
+    train = commands["train"].add_parser(
+        "caption", help="train a Show-Attend-Tell captioner",
+        description="Train a captioner (soft or hard attention, or the no-attention baseline) on procedural "
+                    "caption scenes, a Karpathy split file or COCO caption files. Validation decodes with beam "
+                    "search and keeps the checkpoint with the best CIDEr-D.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = train.add_argument_group("data (default: procedural caption scenes)")
+    data.add_argument("--karpathy-json", type=Path, default=None, help="dataset_coco.json / dataset_flickr*.json")
+    data.add_argument("--image-root", type=Path, default=None, help="folder the Karpathy file paths are under")
+    data.add_argument("--coco-train", type=Path, nargs=2, metavar=("JSON", "IMAGES"), default=None,
+                      help="COCO caption file and image folder for training")
+    data.add_argument("--coco-val", type=Path, nargs=2, metavar=("JSON", "IMAGES"), default=None,
+                      help="COCO caption file and image folder for validation")
+    data.add_argument("--skip-missing", action="store_true", help="skip (and count) missing image files")
+    data.add_argument("--max-images", type=positive_int, default=None, help="use the first N images per split")
+    data.add_argument("--min-count", type=positive_int, default=None,
+                      help="words seen fewer times in train are <unk> (default: 5 for files, 1 for scenes)")
+    data.add_argument("--num-train", type=positive_int, default=10000, help="procedural training scenes")
+    data.add_argument("--num-val", type=positive_int, default=500, help="procedural validation scenes")
+    data.add_argument("--max-objects", type=positive_int, default=3, help="procedural: 1..N objects per scene")
+    data.add_argument("--image-size", type=positive_int, default=None,
+                      help="square image side (default: 64 for scenes, 224 for files)")
+    data.add_argument("--mode", choices=["pairs", "random"], default="pairs",
+                      help="pairs: one item per (image, caption); random: one item per image, random caption")
+    model = train.add_argument_group("model")
+    model.add_argument("--config", type=Path, default=None, help="JSON of CaptionerConfig fields; options override")
+    model.add_argument("--attention", choices=ATTENTIONS, default=None, help="scoring; none = Show and Tell")
+    model.add_argument("--attention-mode", choices=["soft", "hard"], default=None)
+    model.add_argument("--attention-dim", type=positive_int, default=None)
+    model.add_argument("--decoder-dim", type=positive_int, default=None)
+    model.add_argument("--embed-dim", type=positive_int, default=None)
+    model.add_argument("--dropout", type=float, default=None)
+    model.add_argument("--gate", choices=["scalar", "channel", "none"], default=None)
+    model.add_argument("--alpha-c", type=float, default=None, help="doubly stochastic regulariser weight")
+    model.add_argument("--max-len", type=positive_int, default=None, help="most tokens generated, <end> included")
+    model.add_argument("--encoder", default=None, help='"small_cnn", "tv:<name>" or "timm:<name>"')
+    model.add_argument("--encoder-width", type=positive_int, default=None, help="small CNN channels")
+    model.add_argument("--encoder-weights", default=None, help="local state_dict file or 'torch-cache'")
+    model.add_argument("--grid", type=positive_int, default=None, help="pool the grid to NxN (paper: 14)")
+    model.add_argument("--encoder-lr", type=float, default=None,
+                       help="learning rate of the encoder (default: --lr; 0 freezes it)")
+    model.add_argument("--feature-cache", type=Path, default=None,
+                       help="folder: encode images once with the frozen encoder and train from the cache")
+    model.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32")
+    model.add_argument("--beam-size", type=positive_int, default=3, help="beam size of validation decoding")
+    add_train_options(train)
+    train.set_defaults(handler=run_train)
+
+    commands["eval_handlers"]["caption"] = run_eval
+    evaluate = commands["eval"]
+    evaluate.add_argument("--beam-size", type=positive_int, default=3, help="caption: beams per image")
+    evaluate.add_argument("--karpathy-json", type=Path, default=None, help="caption: Karpathy file to evaluate")
+    evaluate.add_argument("--image-root", type=Path, default=None, help="caption: images of --karpathy-json")
+    evaluate.add_argument("--split", choices=["val", "test"], default="test", help="caption: Karpathy split")
+    evaluate.add_argument("--image-size", type=positive_int, default=None,
+                          help="caption: side the model was trained at (default: 64 scenes, 224 files)")
+
+    caption = commands["root"].add_parser(
+        "caption", help="caption images and draw per-word attention",
+        description="Print the n-best captions with scores for each image and write the Show-Attend-Tell "
+                    "figure (image, then one panel per word) as PNG and animated GIF.")
+    caption.add_argument("images", nargs="+", type=Path, help="image files")
+    caption.add_argument("--checkpoint", required=True, help="a captioner checkpoint")
+    caption.add_argument("--beam-size", type=positive_int, default=3)
+    caption.add_argument("--n-best", type=positive_int, default=1)
+    caption.add_argument("--max-len", type=positive_int, default=None, help="most tokens, <end> included")
+    caption.add_argument("--image-size", type=positive_int, default=64, help="side the model was trained at")
+    caption.add_argument("--out", type=Path, default=Path("captions"), help="folder for the figures")
+    add_device_option(caption)
+    caption.set_defaults(handler=run_caption)
+
+
+def _data(args: argparse.Namespace, *, train: bool):
+    from visattn.tasks.caption_data import coco_data, karpathy_data, scene_data
+
+    files = args.karpathy_json is not None or getattr(args, "coco_train", None) is not None
+    size = args.image_size or (224 if files else 64)
+    if args.karpathy_json is not None:
+        if args.image_root is None:
+            raise UsageError("--karpathy-json needs --image-root")
+        return karpathy_data(args.karpathy_json, args.image_root, image_size=size,
+                             min_count=getattr(args, "min_count", None) or 5,
+                             skip_missing=getattr(args, "skip_missing", False),
+                             max_images=getattr(args, "max_images", None))
+    if getattr(args, "coco_train", None) is not None:
+        if args.coco_val is None:
+            raise UsageError("--coco-train needs --coco-val")
+        return coco_data(*args.coco_train, *args.coco_val, image_size=size, min_count=args.min_count or 5,
+                         skip_missing=args.skip_missing, max_images=args.max_images)
+    if train:
+        return scene_data(num_train=args.num_train, num_val=args.num_val, image_size=size,
+                          num_objects=(1, args.max_objects), seed=args.seed, min_count=args.min_count or 1)
+    return scene_data(num_train=0, num_val=args.num_samples, image_size=size, seed=args.data_seed)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from visattn.encoders import EncoderConfig
+    from visattn.heads.captioner import CaptionerConfig
+    from visattn.tasks.caption import train_captioner
+
+    names = ("attention", "attention_mode", "attention_dim", "decoder_dim", "embed_dim", "dropout", "gate",
+             "alpha_c", "max_len")
+    config = load_json_config(args.config, CaptionerConfig, overrides={k: getattr(args, k) for k in names})
+    encoder = {"name": args.encoder, "width": args.encoder_width, "weights": args.encoder_weights, "grid": args.grid}
+    if any(v is not None for v in encoder.values()):
+        encoder = load_json_config(None, EncoderConfig, overrides={**vars(config.encoder), **encoder})
+        config = replace(config, encoder=encoder)
+    train_config = train_config_from_args(args)
+    data = _data(args, train=True)
+    result = train_captioner(config, data, train_config, args.run_dir, resume=args.resume, beam_size=args.beam_size,
+                             max_len=args.max_len, encoder_lr=args.encoder_lr, feature_cache=args.feature_cache,
+                             cache_dtype=args.cache_dtype, mode=args.mode)
+    print(json.dumps({"best": result["best"], "stopped": result["stopped"], "run_dir": result["run_dir"]}))
+    return 0 if result["stopped"] == "completed" or result["stopped"].startswith("early stop") else 1
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from visattn.models import load
+    from visattn.tasks.caption import eval_dataset, evaluate_captioner
+    from visattn.tasks.caption_data import collate
+
+    device = select_device(args.device)
+    model = load(args.checkpoint, task="caption", map_location=str(device))
+    data = _data(args, train=False)
+    source = data.test if args.karpathy_json is not None and args.split == "test" else data.val
+    if source is None:
+        raise CliError(f"{args.karpathy_json}: no {args.split!r} images")
+    loader = DataLoader(eval_dataset(model, source), batch_size=args.batch_size, collate_fn=collate)
+    metrics = evaluate_captioner(model, loader, device, beam_size=args.beam_size)
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.json_out:
+        Path(args.json_out).write_text(text)
+    return 0
+
+
+def run_caption(args: argparse.Namespace) -> int:
+    from visattn.models import load
+    from visattn.tasks.caption import caption_images
+
+    if args.n_best > args.beam_size:
+        raise UsageError(f"--n-best ({args.n_best}) cannot exceed --beam-size ({args.beam_size})")
+    device = select_device(args.device)
+    model = load(args.checkpoint, task="caption", map_location=str(device))
+    results = caption_images(model, args.images, image_size=args.image_size, beam_size=args.beam_size,
+                             n_best=args.n_best, max_len=args.max_len, out_dir=args.out)
+    for result in results:
+        for rank, (text, score) in enumerate(result.captions, start=1):
+            print(f"{result.path}\t{rank}\t{score:.3f}\t{text}")
+        print(f"{result.path}\tfigures\t{' '.join(str(p) for p in result.figures) or '-'}")
+    return 0
