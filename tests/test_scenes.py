@@ -240,6 +240,8 @@ def test_config_validation_and_kind_defaults():
         SceneConfig(kind="single", num_objects=(1, 3))
     with pytest.raises(ValueError, match="background"):
         SceneConfig(background="stripes")
+    with pytest.raises(ValueError, match="clutter_classes"):
+        SceneConfig(clutter_classes=0)
     with pytest.raises(ValueError, match="large_scale"):
         SceneConfig(large_scale=(0.5, 0.9))
     config = SceneConfig(kind="multi", num_objects=[2, 3], small_scale=[0.25, 0.3])  # lists, as from JSON

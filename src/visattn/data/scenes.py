@@ -7,10 +7,11 @@ in every worker process and in every epoch.
 A scene is drawn back to front:
 
 1. a dark background (plain, per-pixel noise, or a smooth random texture);
-2. ``clutter`` distractor fragments: random crops of random sprites in the palette's colours with the same
-   stroke width, placed away from the objects. They look locally like parts of real objects, so a model that
-   averages features over the whole image is confused, while a model that attends to the one complete
-   object is not;
+2. ``clutter`` distractor fragments: corner crops (30-55% of each side) of random large sprites in the
+   palette's colours, placed away from the objects. They have the strokes of real objects and look locally
+   like their parts, so a model that averages features over the whole image hears many wrong votes, while a
+   model that attends to the one complete object does not. A crop is never a whole glyph: it is at most half
+   as large as a large object, and its strokes are twice as thick for its size as a small object's;
 3. the objects themselves, whole, inside the image, overlapping each other at most ``max_iou`` (box IoU) and
    each keeping at least ``min_visible`` of its pixels.
 
@@ -51,6 +52,18 @@ _KIND_DEFAULTS: dict[str, tuple[tuple[int, int], int]] = {
 }
 _PALETTE = np.array([PALETTE[name] for name in COLOUR_NAMES], dtype=np.float32) / 255.0  # (K, 3)
 _TRIES = 30  # placement attempts per object / fragment before giving up on it
+_INF = float("inf")
+# Allowed ranges of the (min, max) pair fields, and of the scalar fields.
+_PAIR_LIMITS = {
+    "num_objects": (1, _INF), "small_scale": (0.01, 1.0), "fragment_scale": (0.01, 1.0),
+    "large_scale": (0.01, 0.7),  # larger objects, once rotated, no longer fit the image
+    "background_level": (0.0, 1.0),
+}
+_LIMITS = {
+    "image_size": (24, _INF), "clutter": (0, _INF), "clutter_classes": (1, len(CLASS_NAMES)),
+    "max_rotation": (0, 45), "max_iou": (0, 1), "min_visible": (0, 1), "duplicate_prob": (0, 1),
+    "noise": (0, _INF), "colour_jitter": (0, _INF), "fragment_margin": (0, _INF),
+}
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,9 @@ class SceneConfig:
         fragment_scale: a fragment is a crop of a sprite whose sides are this fraction of the sprite's sides.
         fragment_margin: gap in pixels kept between fragments and object boxes, so no fragment ever touches
             an object and changes its shape.
+        clutter_classes: the fragments of one image are cut from this many randomly chosen classes (any
+            class, the object's included), so that the parts "vote" for a few classes: a sum over the image
+            hears the vote, attention to the one whole object does not. None cuts each fragment from any class.
         background: ``"plain"``, ``"noise"`` or ``"texture"``.
         background_level: range of the background's mean brightness in [0, 1]; keep it dark enough for the
             white and yellow objects to stand out.
@@ -92,6 +108,7 @@ class SceneConfig:
     min_visible: float = 0.8
     fragment_scale: tuple[float, float] = (0.3, 0.55)
     fragment_margin: int = 2
+    clutter_classes: int | None = None
     background: str = "texture"
     background_level: tuple[float, float] = (0.0, 0.3)
     noise: float = 0.03
@@ -99,48 +116,28 @@ class SceneConfig:
     duplicate_prob: float = 0.25
 
     def __post_init__(self) -> None:
-        for name in ("num_objects", "small_scale", "large_scale", "fragment_scale", "background_level"):
+        for name, (low, high) in _PAIR_LIMITS.items():
             value = getattr(self, name)
-            if value is not None:
-                if len(value) != 2:
-                    raise ValueError(f"SceneConfig.{name} must be a (min, max) pair, got {value!r}")
-                object.__setattr__(self, name, tuple(value))
-        if self.kind not in KINDS:
-            raise ValueError(f"SceneConfig.kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
-        if self.background not in BACKGROUNDS:
-            raise ValueError(f"SceneConfig.background must be one of {', '.join(BACKGROUNDS)}; got {self.background!r}")
-        if self.image_size < 24:
-            raise ValueError(f"SceneConfig.image_size must be at least 24, got {self.image_size}")
-        low, high = self.object_range
-        if not 1 <= low <= high:
-            raise ValueError(f"SceneConfig.num_objects must satisfy 1 <= min <= max, got {self.num_objects}")
+            if value is None:
+                continue
+            if len(value) != 2 or not low <= value[0] <= value[1] <= high:
+                raise ValueError(f"SceneConfig.{name} must be a (min, max) pair in [{low}, {high}], got {value!r}")
+            object.__setattr__(self, name, tuple(value))  # JSON hands over lists
+        for name, valid in (("kind", KINDS), ("background", BACKGROUNDS)):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"SceneConfig.{name} must be one of {', '.join(valid)}; got {getattr(self, name)!r}")
+        for name, (low, high) in _LIMITS.items():
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise ValueError(f"SceneConfig.{name} must be in [{low}, {high}], got {value!r}")
+        high = self.object_range[1]
         if self.kind == "single" and high != 1:
             raise ValueError(f"SceneConfig.num_objects must be (1, 1) for kind 'single', got {self.num_objects}")
         if self.kind == "caption" and high > 9:
             raise ValueError(f"SceneConfig.num_objects max must be <= 9 for captions (count words), got {high}")
-        if self.num_clutter < 0:
-            raise ValueError(f"SceneConfig.clutter must be >= 0, got {self.clutter}")
-        for name in ("small_scale", "large_scale", "fragment_scale"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi <= 1:
-                raise ValueError(f"SceneConfig.{name} must satisfy 0 < min <= max <= 1, got {(lo, hi)}")
         if self.small_scale[0] * self.image_size < 8:
-            raise ValueError(
-                f"SceneConfig.small_scale {self.small_scale} gives objects under 8 pixels at image_size "
-                f"{self.image_size}; digits become unreadable"
-            )
-        if self.large_scale[1] > 0.7:
-            raise ValueError(f"SceneConfig.large_scale max must be <= 0.7 so that objects fit, got {self.large_scale}")
-        if not 0 <= self.max_rotation <= 45:
-            raise ValueError(f"SceneConfig.max_rotation must be in [0, 45] degrees, got {self.max_rotation}")
-        lo, hi = self.background_level
-        if not 0 <= lo <= hi <= 1:
-            raise ValueError(f"SceneConfig.background_level must satisfy 0 <= min <= max <= 1, got {(lo, hi)}")
-        for name in ("max_iou", "min_visible", "duplicate_prob"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"SceneConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.noise < 0 or self.colour_jitter < 0 or self.fragment_margin < 0:
-            raise ValueError("SceneConfig.noise, colour_jitter and fragment_margin must be >= 0")
+            raise ValueError(f"SceneConfig.small_scale {self.small_scale} gives objects under 8 pixels at "
+                             f"image_size {self.image_size}; digits become unreadable")
 
     @property
     def object_range(self) -> tuple[int, int]:
@@ -252,15 +249,21 @@ def _draw_fragments(
     zones = [(x1 - margin, y1 - margin, x2 + margin, y2 + margin) for x1, y1, x2, y2 in keep_out]
     f_lo, f_hi = config.fragment_scale
     # All random numbers in two draws (per-call Generator overhead dominates otherwise). Columns of
-    # `params`: class, colour, small/large, scale, rotation, 3 crop tries x (height, width, bottom?, right?),
+    # `params`: class, colour, (unused), scale, rotation, 3 crop tries x (height, width, bottom?, right?),
     # 3 colour jitters.
     params = rng.random((count, 20)).tolist()
     positions = rng.random((count, _TRIES, 2)).tolist()
+    sources = rng.permutation(len(CLASS_NAMES))[:config.clutter_classes].tolist() if config.clutter_classes else None
     jitter_scale = config.colour_jitter
     for u, candidates in zip(params, positions):
-        label = int(u[0] * len(CLASS_NAMES))
+        if sources is None:
+            label = int(u[0] * len(CLASS_NAMES))
+        else:
+            label = sources[int(u[0] * len(sources))]
         colour = _PALETTE[int(u[1] * len(COLOUR_NAMES))]
-        lo, hi = config.small_scale if u[2] < 0.5 else config.large_scale
+        # Cut from large sprites only: a piece then has the strokes of a large object but at most half its
+        # extent, and strokes twice as thick (relative to its extent) as a small object; never a whole glyph.
+        lo, hi = config.large_scale
         size_px = int(round((lo + (hi - lo) * u[3]) * size))
         alpha = bank.mask(label, size_px, (2 * u[4] - 1) * config.max_rotation)
         h, w = alpha.shape
