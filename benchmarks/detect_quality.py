@@ -43,6 +43,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eos-coef", type=float, default=0.1)
     parser.add_argument("--eval-every", type=float, default=0.0, help="also evaluate every this many training "
                         "seconds (0: only at the end)")
+    parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps instead (0: time "
+                        "budget only; the schedule still follows the step count when set)")
+    parser.add_argument("--position-in-values", type=int, default=1)
+    parser.add_argument("--reference-points", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args()
@@ -61,6 +65,7 @@ def main() -> None:
         encoder=EncoderConfig(width=args.width), num_classes=len(data.class_names), class_names=data.class_names,
         num_queries=args.num_queries, hidden_dim=args.hidden_dim, num_heads=4, num_layers=args.num_layers,
         ffn_dim=2 * args.hidden_dim, dropout=0.0, aux_loss=True, image_size=64,
+        position_in_values=bool(args.position_in_values), reference_points=bool(args.reference_points),
     )
     model = Detector(config).to(device)
     criterion = SetCriterion(config.num_classes, eos_coef=args.eos_coef)
@@ -87,7 +92,8 @@ def main() -> None:
         for batch in train_loader:
             tic = time.perf_counter()
             warm = min(1.0, (step + 1) / args.warmup_steps)
-            cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, train_seconds / args.max_seconds)))
+            progress = step / args.max_steps if args.max_steps else train_seconds / args.max_seconds
+            cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
             for group in optimizer.param_groups:
                 group["lr"] = args.lr * warm * max(cosine, 0.01)
             targets = [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
@@ -101,11 +107,11 @@ def main() -> None:
             step += 1
             train_seconds += time.perf_counter() - tic
             if train_seconds >= next_eval:
-                print(json.dumps({"progress": True, "loss": round(float(losses["loss"]), 4),
+                print(json.dumps({"progress": True, "loss": round(float(losses["loss"].detach()), 4),
                                   **evaluate(train_seconds, step, step * args.batch_size / len(data.train))}),
                       flush=True)
                 next_eval += args.eval_every
-            if train_seconds >= args.max_seconds:
+            if train_seconds >= args.max_seconds or (args.max_steps and step >= args.max_steps):
                 done = True
                 break
     result = evaluate(train_seconds, step, step * args.batch_size / len(data.train))

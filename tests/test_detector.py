@@ -49,10 +49,10 @@ def test_anchors_start_on_a_grid():
     assert torch.allclose(boxes, expected, atol=0.02)
 
 
-@pytest.mark.parametrize("reference_points", [True, False])
-def test_loss_is_finite_and_every_parameter_gets_a_gradient(reference_points):
+@pytest.mark.parametrize("reference_points, position_in_values", [(True, True), (True, False), (False, False)])
+def test_loss_is_finite_and_every_parameter_gets_a_gradient(reference_points, position_in_values):
     torch.manual_seed(0)
-    model = Detector(tiny_config(reference_points=reference_points))
+    model = Detector(tiny_config(reference_points=reference_points, position_in_values=position_in_values))
     losses = SetCriterion(3)(model(torch.rand(2, 3, 16, 16)), targets())
     assert {"loss_ce_0", "loss_bbox_0", "loss_giou_0"} <= set(losses)
     assert all(torch.isfinite(value) for value in losses.values())
@@ -85,6 +85,7 @@ def test_postprocess_threshold_top_k_and_pixel_boxes():
     first = everything[0]
     assert (first["scores"][:-1] >= first["scores"][1:]).all()
     expected = denormalize_boxes(out["pred_boxes"][0, first["query_index"]], sizes[0])
+    expected = torch.minimum(expected.clamp_min(0), torch.tensor([80.0, 40.0, 80.0, 40.0]))
     assert torch.allclose(first["boxes"], expected)
     assert first["attention"].shape == (6, 4, 4)
     prob = out["pred_logits"].softmax(-1)[..., :-1]
@@ -95,6 +96,9 @@ def test_postprocess_threshold_top_k_and_pixel_boxes():
         assert (d["scores"] >= 0.5).all()
     with pytest.raises(ValueError, match="image sizes"):
         model.postprocess(out, [(16, 16)])
+    out["pred_boxes"][:] = torch.tensor([0.9, 0.1, 0.5, 0.5])  # reaches past the right and top edges
+    clipped = model.postprocess(out, sizes, score_threshold=0.0)[0]["boxes"]
+    assert torch.allclose(clipped, torch.tensor([52.0, 0.0, 80.0, 14.0]).expand(6, 4))
 
 
 def test_config_validation_and_default_names():

@@ -5,16 +5,23 @@
                    -> class head (K+1 logits, last = no object) and box head (normalised cxcywh)
 
 Both attentions go through the shared contract (``create_attention("multihead", ...)``): the memory's keys
-are prepared once per layer with the positions added to the keys only (values stay position-free, as in
-DETR), and the cross-attention weights of every query come out as the ``attention`` maps.
+are prepared once per layer (``prepare``, with the grid positions), and the cross-attention weights of every
+query come out as the ``attention`` maps.
 
 Why anchors (``reference_points=True``, the default): plain DETR learns where each query looks from scratch,
 and its Hungarian assignments keep flipping early in training, which is why it needs hundreds of epochs. Here
 every query owns a learned anchor box (initialised on a regular grid over the image); its positional query is
 made from the same sine encoding of the anchor centre that the memory uses for its grid cells (one coordinate
 code that attention learns to compare), and the box head predicts a correction of the anchor in logit space,
-near zero at initialisation. Queries start spatially specialised, matching is stable, and training on small
-data converges in minutes (Anchor-DETR / DAB-DETR style). ``reference_points=False`` gives plain DETR.
+near zero at initialisation. Each layer's box becomes the next layer's anchor (iterative refinement, detached
+as in Deformable DETR), so later layers attend around the object found so far. Queries start spatially
+specialised, matching is stable, and training on small data converges in minutes (Anchor-DETR / DAB-DETR
+style). ``reference_points=False`` gives plain DETR queries.
+
+Why positions in the values too (``position_in_values=True``, the default): with DETR's position-free values a
+query's context says *what* it looked at but not *where*, and the box must be inferred from content features
+that encode position only implicitly. Adding the grid positions to the values as well makes the context carry
+the attention-weighted position of what the query looked at, which the box head can read directly.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ class DetectorConfig:
         dropout: dropout in attention and feed-forward blocks.
         aux_loss: also return every earlier layer's predictions (``aux_outputs``) for auxiliary losses.
         reference_points: per-query anchor boxes (see the module docstring); False = plain DETR queries.
+        position_in_values: add the grid positions to the cross-attention values too, so each query's context
+            says where it looked (see the module docstring); False keeps DETR's position-free values.
         image_size: side of the square input the model was trained at; ``visattn detect`` resizes images to
             it (boxes are normalised, so they map back to the original size).
     """
@@ -65,6 +74,7 @@ class DetectorConfig:
     dropout: float = 0.0  # small data trains faster without it; DETR uses 0.1 at COCO scale
     aux_loss: bool = True  # a loss at every layer is the cheapest way to speed DETR training up
     reference_points: bool = True
+    position_in_values: bool = True
     image_size: int = 64
 
     def __post_init__(self) -> None:
@@ -133,8 +143,10 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
     """Self-attention among queries, cross-attention over the memory, FFN; post-norm as in DETR."""
 
-    def __init__(self, *, hidden_dim: int, num_heads: int, ffn_dim: int, dropout: float) -> None:
+    def __init__(self, *, hidden_dim: int, num_heads: int, ffn_dim: int, dropout: float,
+                 position_in_values: bool) -> None:
         super().__init__()
+        self.position_in_values = position_in_values
         options = {"attention_dim": hidden_dim, "num_heads": num_heads, "dropout": dropout}
         self.self_attn = create_attention("multihead", hidden_dim, hidden_dim, **options)
         self.cross_attn = create_attention("multihead", hidden_dim, hidden_dim, **options)
@@ -154,7 +166,10 @@ class DecoderLayer(nn.Module):
         keys = self.self_attn.prepare(tgt, pos=query_pos.expand_as(tgt))  # queries attend to each other
         context, _ = self.self_attn(keys, tgt + query_pos)
         tgt = self.norm1(tgt + self.dropout(context))
-        keys = self.cross_attn.prepare(memory, pos=memory_pos.expand_as(memory))  # once per layer and image
+        if self.position_in_values:
+            keys = self.cross_attn.prepare(memory + memory_pos)  # keys and values both see the positions
+        else:
+            keys = self.cross_attn.prepare(memory, pos=memory_pos.expand_as(memory))  # positions in keys only
         context, weights = self.cross_attn(keys, tgt + query_pos)  # (B, Q, D), (B, Q, L)
         tgt = self.norm2(tgt + self.dropout(context))
         tgt = self.norm3(tgt + self.dropout(self.ffn(tgt)))
@@ -186,7 +201,7 @@ class Detector(nn.Module):
         self.input_proj = nn.Linear(self.encoder.out_dim, dim)
         self.layers = nn.ModuleList(
             DecoderLayer(hidden_dim=dim, num_heads=config.num_heads, ffn_dim=config.ffn_dim,
-                         dropout=config.dropout)
+                         dropout=config.dropout, position_in_values=config.position_in_values)
             for _ in range(config.num_layers)
         )
         self.norm = nn.LayerNorm(dim)
@@ -213,34 +228,34 @@ class Detector(nn.Module):
         cy = (torch.div(index, cols, rounding_mode="floor") + 0.5) / rows
         return torch.stack([cx, cy, torch.full_like(cx, 1 / cols), torch.full_like(cx, 1 / rows)], dim=-1)
 
-    def _queries(self) -> Tensor:
-        """(1, Q, D) positional queries."""
-        if self.config.reference_points:
-            centres = self.anchors[:, :2].sigmoid()  # (Q, 2) normalised (cx, cy)
-            return self.anchor_pos(sine_embedding(centres, self.config.hidden_dim)).unsqueeze(0)
-        return self.query_pos.unsqueeze(0)
-
-    def _heads(self, hidden: Tensor) -> dict[str, Tensor]:
-        """Class logits and boxes from decoder states (B, Q, D)."""
-        hidden = self.norm(hidden)
-        delta = self.box_head(hidden)  # (B, Q, 4)
-        if self.config.reference_points:
-            delta = delta + self.anchors  # a correction of the anchor, in logit space
-        return {"pred_logits": self.class_head(hidden), "pred_boxes": delta.sigmoid()}
+    def _query_pos(self, anchors: Tensor | None) -> Tensor:
+        """Positional queries: (B, Q, D) from the current anchors (B, Q, 4) in logit space, else (1, Q, D)."""
+        if anchors is None:
+            return self.query_pos.unsqueeze(0)
+        centres = anchors[..., :2].sigmoid()  # (B, Q, 2) normalised (cx, cy)
+        return self.anchor_pos(sine_embedding(centres, self.config.hidden_dim))
 
     def forward(self, images: Tensor) -> dict[str, Any]:
         """Detect objects; see the class docstring for the output dict."""
         features, (height, width) = self.encoder(images)  # (B, L, C), L = H'*W'
+        batch = features.shape[0]
         memory = self.input_proj(features)  # (B, L, D)
         memory_pos = _grid_positions(height, width, self.config.hidden_dim, memory.device).to(memory.dtype)
-        query_pos = self._queries().to(memory.dtype)  # (1, Q, D)
-        tgt = self.query_content.to(memory.dtype).expand(memory.shape[0], -1, -1)  # (B, Q, D)
+        tgt = self.query_content.to(memory.dtype).expand(batch, -1, -1)  # (B, Q, D)
+        anchors = self.anchors.expand(batch, -1, -1) if self.config.reference_points else None  # (B, Q, 4)
         per_layer = []
         for layer in self.layers:
-            tgt, weights = layer(tgt, query_pos, memory, memory_pos)
-            out = self._heads(tgt)
-            out["attention"] = weights.view(*weights.shape[:2], height, width)  # (B, Q, L) -> (B, Q, H', W')
-            per_layer.append(out)
+            tgt, weights = layer(tgt, self._query_pos(anchors).to(memory.dtype), memory, memory_pos)
+            hidden = self.norm(tgt)
+            box_logits = self.box_head(hidden)  # (B, Q, 4)
+            if anchors is not None:
+                box_logits = box_logits + anchors  # a correction of the anchor, in logit space
+                anchors = box_logits.detach()  # the next layer looks around this layer's box
+            per_layer.append({
+                "pred_logits": self.class_head(hidden),
+                "pred_boxes": box_logits.sigmoid(),
+                "attention": weights.view(*weights.shape[:2], height, width),  # (B, Q, L) -> (B, Q, H', W')
+            })
         outputs = dict(per_layer[-1])
         if self.config.aux_loss:
             outputs["aux_outputs"] = per_layer[:-1]
@@ -267,7 +282,7 @@ class Detector(nn.Module):
             top_k: keep at most this many per image, best first.
 
         Returns:
-            Per image: ``boxes`` (D, 4) xyxy pixels, ``scores`` (D,), ``labels`` (D,) int64, ``query_index``
+            Per image: ``boxes`` (D, 4) xyxy pixels clipped to the image, ``scores`` (D,), ``labels`` (D,) int64, ``query_index``
             (D,) int64, ``attention`` (D, H', W') of the kept queries; sorted by descending score.
         """
         prob = outputs["pred_logits"].float().softmax(-1)[..., :-1]  # (B, Q, K)
@@ -276,6 +291,8 @@ class Detector(nn.Module):
         if sizes.shape[0] != prob.shape[0]:
             raise ValueError(f"got {sizes.shape[0]} image sizes for a batch of {prob.shape[0]}")
         boxes = denormalize_boxes(outputs["pred_boxes"].float(), sizes)  # (B, Q, 4) xyxy pixels
+        limits = sizes.flip(-1).repeat(1, 2)[:, None, :]  # (B, 1, 4): (W, H, W, H)
+        boxes = torch.minimum(boxes.clamp_min(0), limits)  # clipped to the image
         results = []
         for b in range(prob.shape[0]):
             keep = (scores[b] >= score_threshold).nonzero().flatten()
