@@ -165,3 +165,11 @@ def test_image_size_mismatch_is_an_error(written):
 def test_writer_rejects_bad_ids(tmp_path, scenes):
     with pytest.raises(ValueError, match="distinct"):
         write_coco(scenes, tmp_path, NAMES, category_ids=[1, 1, 2])
+
+
+def test_corrupt_image_file_names_the_json_and_the_image(written):
+    (written.parent / "images" / f"{99:08d}.png").write_bytes(b"\x89PNG not really")
+    dataset = CocoDetectionDataset(written)
+    index = next(i for i, s in enumerate(dataset.coco.samples) if s["image_id"] == 99)
+    with pytest.raises(CocoDataError, match="instances.json: image 99: .*00000099.png"):
+        dataset[index]
