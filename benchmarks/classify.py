@@ -42,6 +42,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--width", type=int, default=64, help="small CNN channels")
+    parser.add_argument("--depth", type=int, default=3, help="small CNN blocks")
     parser.add_argument("--num-downsample", type=int, default=2, help="small CNN stride-2 blocks (2: 15x15 grid)")
     parser.add_argument("--glimpses", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
@@ -59,7 +60,8 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="visattn-bench-classify-"))
     results = {}
     for name in args.models.split(","):
-        config = ClassifierConfig(encoder=EncoderConfig(width=args.width, num_downsample=args.num_downsample),
+        config = ClassifierConfig(encoder=EncoderConfig(width=args.width, depth=args.depth,
+                                                        num_downsample=args.num_downsample),
                                   num_glimpses=args.glimpses,
                                   **MODELS[name])
         tic = time.perf_counter()
