@@ -36,9 +36,10 @@ class ClassifierConfig:
         image_size: the square side images were trained at; ``visattn predict`` resizes to it.
     """
 
-    # A 4x (not 8x) down-sampling grid: on 60px scenes 15x15 cells pointed at the object 99.6% of the time,
-    # 7x7 cells only 88% (the arg-max lands a cell off), for ~15% more compute.
-    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(width=64, num_downsample=2))
+    # Three blocks, 4x down-sampling: each grid cell sees about one object's width, so attention can pick
+    # the object out of its clutter (benchmarks/classify.py: 0/2000 errors, pointing game 0.999 on 60px scenes,
+    # against 16/2000 for the same encoder with global average pooling).
+    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(width=64, depth=3, num_downsample=2))
     class_names: list[str] = field(default_factory=lambda: [str(i) for i in range(10)])
     pooling: str = "attention"
     attention: str = "additive"
