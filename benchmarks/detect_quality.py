@@ -41,8 +41,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-queries", type=int, default=12)
     parser.add_argument("--num-layers", type=int, default=3)
     parser.add_argument("--eos-coef", type=float, default=0.1)
-    parser.add_argument("--eval-every", type=float, default=0.0, help="also evaluate every this many training "
-                        "seconds (0: only at the end)")
+    parser.add_argument("--eval-every", type=int, default=0, help="also evaluate every this many steps "
+                        "(0: only at the end)")
     parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps instead (0: time "
                         "budget only; the schedule still follows the step count when set)")
     parser.add_argument("--position-in-values", type=int, default=1)
@@ -86,7 +86,7 @@ def main() -> None:
         return result
 
     model.train()
-    train_seconds, step, next_eval = 0.0, 0, args.eval_every or math.inf
+    train_seconds, step = 0.0, 0
     done = False
     while not done:
         for batch in train_loader:
@@ -106,11 +106,11 @@ def main() -> None:
             optimizer.step()
             step += 1
             train_seconds += time.perf_counter() - tic
-            if train_seconds >= next_eval:
-                print(json.dumps({"progress": True, "loss": round(float(losses["loss"].detach()), 4),
+            if args.eval_every and step % args.eval_every == 0:
+                terms = {k: round(float(v.detach()), 4) for k, v in losses.items() if not k[-1].isdigit()}
+                print(json.dumps({"progress": True, **terms,
                                   **evaluate(train_seconds, step, step * args.batch_size / len(data.train))}),
                       flush=True)
-                next_eval += args.eval_every
             if train_seconds >= args.max_seconds or (args.max_steps and step >= args.max_steps):
                 done = True
                 break
