@@ -17,8 +17,8 @@ from visattn.cli.common import CliError, UsageError, add_device_option, set_thre
 __all__ = ["main", "build_parser"]
 
 # Each module exposes register(commands); the order is the order of --help.
-COMMAND_MODULES = ("visattn.cli.data", "visattn.cli.classify", "visattn.cli.caption", "visattn.cli.demo",
-                   "visattn.cli.bench")
+COMMAND_MODULES = ("visattn.cli.data", "visattn.cli.classify", "visattn.cli.caption", "visattn.cli.detect",
+                   "visattn.cli.demo", "visattn.cli.bench")
 
 log = logging.getLogger("visattn")
 

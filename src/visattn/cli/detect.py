@@ -1,0 +1,123 @@
+"""``visattn train detect``, ``eval`` of detectors and ``visattn detect IMAGE...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from visattn.cli.common import UsageError, add_device_option, add_train_options, load_json_config, positive_int, \
+    train_config_from_args
+from visattn.engine import TrainConfig, select_device
+from visattn.heads.detector import DetectorConfig
+
+__all__ = ["register"]
+
+
+def register(commands: dict) -> None:
+    train = commands["train"].add_parser(
+        "detect", help="train a DETR-style detector",
+        description="Train a detector whose learned object queries attend over the encoder's grid (set prediction "
+                    "with Hungarian matching) on procedural multi-object scenes or COCO instances files. The "
+                    "checkpoint with the best validation mAP is kept.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = train.add_argument_group("data (default: procedural multi-object scenes)")
+    data.add_argument("--coco-train", type=Path, nargs=2, metavar=("JSON", "IMAGES"), default=None,
+                      help="COCO instances file and its image folder for training")
+    data.add_argument("--coco-val", type=Path, nargs=2, metavar=("JSON", "IMAGES"), default=None,
+                      help="COCO instances file and its image folder for validation")
+    data.add_argument("--strict", action="store_true",
+                      help="stop at the first invalid annotation or missing image instead of skipping it")
+    data.add_argument("--num-train", type=positive_int, default=10000, help="procedural training scenes")
+    data.add_argument("--num-val", type=positive_int, default=500, help="procedural validation scenes")
+    data.add_argument("--max-objects", type=positive_int, default=3, help="procedural: 1..N objects per scene")
+    data.add_argument("--image-size", type=positive_int, default=64, help="square model input side")
+    model = train.add_argument_group("model")
+    model.add_argument("--config", type=Path, default=None, help="JSON of DetectorConfig fields; options override")
+    model.add_argument("--num-queries", type=positive_int, default=None, help="learned object queries (default: 16)")
+    model.add_argument("--num-layers", type=positive_int, default=None, help="decoder layers (default: 3)")
+    model.add_argument("--hidden-dim", type=positive_int, default=None, help="decoder width (default: 128)")
+    model.add_argument("--no-aux-loss", action="store_true", help="no loss on the earlier decoder layers")
+    model.add_argument("--eos-coef", type=float, default=0.1, help="weight of the no-object class in loss_ce")
+    add_train_options(train, TrainConfig(epochs=20, batch_size=32, lr=5e-4, warmup_steps=200, grad_clip=1.0))
+    train.set_defaults(handler=run_train)
+
+    commands["eval_handlers"]["detect"] = run_eval
+    commands["eval"].add_argument("--coco-file", type=Path, nargs=2, metavar=("JSON", "IMAGES"), default=None,
+                                  help="detect: COCO instances file and image folder to evaluate")
+
+    detect = commands["root"].add_parser(
+        "detect", help="detect objects and draw each kept query's attention",
+        description="Print boxes (x1 y1 x2 y2 in pixels), labels and scores for each image and write a figure with "
+                    "the boxes drawn and, beside it, the attention map of every kept query.")
+    detect.add_argument("images", nargs="+", type=Path, help="image files")
+    detect.add_argument("--checkpoint", required=True, help="a detector checkpoint")
+    detect.add_argument("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this")
+    detect.add_argument("--top-k", type=positive_int, default=100, help="keep at most this many per image")
+    detect.add_argument("--out", type=Path, default=Path("detections"), help="folder for the figures")
+    add_device_option(detect)
+    detect.set_defaults(handler=run_detect)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from visattn.tasks.detect import coco_data, scene_data, train_detector
+
+    overrides = {"num_queries": args.num_queries, "num_layers": args.num_layers, "hidden_dim": args.hidden_dim}
+    config = load_json_config(args.config, DetectorConfig, overrides=overrides)
+    if args.no_aux_loss:
+        config = replace(config, aux_loss=False)
+    if args.coco_train is not None or args.coco_val is not None:
+        if args.coco_train is None or args.coco_val is None:
+            raise UsageError("--coco-train and --coco-val go together")
+        data = coco_data(args.coco_train[0], args.coco_val[0], image_dir=args.coco_train[1],
+                         val_image_dir=args.coco_val[1], image_size=args.image_size, strict=args.strict)
+    else:
+        data = scene_data(num_train=args.num_train, num_val=args.num_val, image_size=args.image_size, seed=args.seed,
+                          num_objects=(1, args.max_objects))
+    result = train_detector(config, data, train_config_from_args(args), args.run_dir, resume=args.resume,
+                            eos_coef=args.eos_coef)
+    print(json.dumps({"best": result["best"], "stopped": result["stopped"], "run_dir": result["run_dir"]}))
+    return 0 if result["stopped"] == "completed" or result["stopped"].startswith("early stop") else 1
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader
+
+    from visattn.models import load
+    from visattn.data.coco import CocoDetectionDataset
+    from visattn.tasks.detect import ResizeImage, collate, evaluate_detector, scene_data
+
+    device = select_device(args.device)
+    model = load(args.checkpoint, task="detect", map_location=str(device))
+    size = model.config.image_size
+    category_ids = None
+    if args.coco_file is not None:
+        dataset = CocoDetectionDataset(args.coco_file[0], args.coco_file[1], transform=ResizeImage(size))
+        if list(dataset.class_names) != list(model.config.class_names):
+            raise ValueError(f"{args.coco_file[0]}: categories {list(dataset.class_names)} differ from the "
+                             f"checkpoint's {list(model.config.class_names)}")
+        category_ids = dataset.category_ids
+    else:
+        dataset = scene_data(num_train=0, num_val=args.num_samples, image_size=size, seed=args.data_seed).val
+    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate)
+    metrics = evaluate_detector(model, loader, device, category_ids=category_ids)
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.json_out:
+        Path(args.json_out).write_text(text)
+    return 0
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    from visattn.models import load
+    from visattn.tasks.detect import detect_files, format_detection
+
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise UsageError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    device = select_device(args.device)
+    model = load(args.checkpoint, task="detect", map_location=str(device))
+    for result in detect_files(model, args.images, args.out, score_threshold=args.score_threshold, top_k=args.top_k):
+        print(format_detection(result))
+    return 0
