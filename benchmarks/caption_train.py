@@ -7,9 +7,9 @@ decoder and embedding 512, vocabulary 10,000, batch 32, captions of up to 22 tok
 uniformly between half that and that; the longest caption of the batch has the maximum length).
 
 ``--dtype bf16`` runs visattn's decoder with bf16 weights and activations and fp32 master weights in the
-optimizer (autocast around an fp32 model is slower on CPUs: the casts dominate), next to the fp32
-reference and visattn in fp32; every step's loss is reported so that bf16 training can be seen to follow
-fp32.
+optimizer, next to the fp32 reference, visattn in fp32 and visattn under plain bf16 autocast (fp32
+weights; the casts make it slow on CPUs); every step's loss is reported (warm-up steps included) so that
+bf16 training can be seen to follow fp32.
 
 FLOP count (``gflop_per_step``), matrix products only, 2·m·n·k each; backward counts 2× forward (input
 and weight gradients) except where the input is the annotations, which need no gradient (1×). With B
@@ -136,7 +136,9 @@ def build_step(which: str, dims: Dims, *, dtype: str = "fp32", device: str = "cp
                dropout: float = 0.5, lr: float = 4e-4) -> Callable[[], Tensor]:
     """A callable doing one training step of ``which`` ("reference" or "visattn") and returning its loss.
 
-    The models and the batch are built from ``seed``, so both implementations start from the same state.
+    ``dtype``: "fp32"; "bf16" (bf16 weights and activations, fp32 master weights); "bf16-autocast" (fp32
+    weights under ``torch.autocast``). The models and the batch are built from ``seed``, so every
+    implementation starts from the same state.
     """
     reference, captioner = build_models(dims, dropout=dropout, seed=seed)
     features, tokens, lengths = (t.to(device) for t in make_batch(dims, seed=seed))
@@ -158,22 +160,26 @@ def build_step(which: str, dims: Dims, *, dtype: str = "fp32", device: str = "cp
     if which != "visattn":
         raise ValueError(f"unknown implementation {which!r}")
     captioner = captioner.to(device).train()
-    low = _timing.TORCH_DTYPES[dtype]
+    low = _timing.TORCH_DTYPES[dtype.split("-")[0]]
     inputs = features.to(low)  # a feature cache can store them in the training dtype
 
     def loss_fn(model: nn.Module) -> Tensor:
         outputs = model(features=inputs, tokens=tokens, lengths=lengths, grid=grid)
         return model.loss(outputs, tokens)["loss"]
 
-    if dtype != "fp32":
+    if dtype == "bf16":
         master_step = MasterWeightStep(captioner, low, lr=lr)
         return lambda: master_step(loss_fn)
     params = [p for p in captioner.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, fused=True)
+    autocast = dtype == "bf16-autocast"  # what the engine's --dtype bf16 does: fp32 weights, bf16 autocast
+    if autocast:
+        inputs = features
 
     def visattn_step() -> Tensor:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(captioner)
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(captioner)
         loss.backward()
         optimizer.step()
         return loss.detach()
@@ -220,11 +226,12 @@ def run(dims: Dims, *, dtype: str = "fp32", steps: int = 5, warmup: int = 2, dev
         raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")
     chosen = _timing.configure(threads, device)
     device = str(chosen)
-    kinds = {"reference": "fp32", "visattn": dtype}
-    if dtype != "fp32":
-        kinds["visattn_fp32"] = "fp32"  # how bf16 training compares with fp32 training, step by step
-    steppers = {name: build_step(name.split("_")[0], dims, dtype=kind, device=device, seed=seed)
-                for name, kind in kinds.items()}
+    # report name -> (implementation, precision)
+    kinds = {"reference": ("reference", "fp32"), "visattn": ("visattn", dtype)}
+    if dtype != "fp32":  # how bf16 training compares with fp32 training, and with plain autocast
+        kinds.update(visattn_fp32=("visattn", "fp32"), visattn_autocast=("visattn", "bf16-autocast"))
+    steppers = {name: build_step(which, dims, dtype=kind, device=device, seed=seed)
+                for name, (which, kind) in kinds.items()}
     losses: dict[str, list[Tensor]] = {name: [] for name in steppers}
 
     def recorder(name: str) -> Callable[[], None]:
@@ -233,27 +240,30 @@ def run(dims: Dims, *, dtype: str = "fp32", steps: int = 5, warmup: int = 2, dev
     times = _timing.time_alternating({name: recorder(name) for name in steppers}, repeats=steps, warmup=warmup,
                                      device=chosen)
     peaks = {kind: _timing.matmul_peak_gflops(_timing.TORCH_DTYPES[kind], chosen, size=peak_size)
-             for kind in sorted(set(kinds.values()))}
+             for kind in sorted({"fp32", dtype})}
     _, _, lengths = make_batch(dims, seed=seed)
     tokens_per_step = int((lengths - 1).sum())
     report: dict[str, Any] = {"benchmark": "caption-train", **_timing.device_info(chosen), "dims": asdict(dims),
                               "dtype": dtype, "steps": steps, "warmup": warmup, "tokens_per_step": tokens_per_step,
                               "peak_gflops": peaks[dtype]}
-    for name, kind in kinds.items():
+    for name, (which, kind) in kinds.items():
         seconds = _timing.summarise(times[name])
-        gflop = train_gflop(name.split("_")[0], dims, lengths)
+        gflop = train_gflop(which, dims, lengths)
+        peak = peaks[kind.split("-")[0]]
         history = [float(x) for x in losses[name]]
         entry = {"dtype": kind, "seconds_per_step": seconds["median"], "seconds_min": seconds["min"],
                  "seconds_max": seconds["max"], "tokens_per_s": tokens_per_step / seconds["median"],
-                 "gflop_per_step": gflop, "achieved_gflops": gflop / seconds["median"], "peak_gflops": peaks[kind],
-                 "fraction_of_peak": gflop / seconds["median"] / peaks[kind], "losses": history}
+                 "gflop_per_step": gflop, "achieved_gflops": gflop / seconds["median"], "peak_gflops": peak,
+                 "fraction_of_peak": gflop / seconds["median"] / peak, "losses": history}
         if memory:
             entry["memory"] = _timing.peak_memory(
                 "caption_train", "memory_workload",
-                {"which": name.split("_")[0], "dims": asdict(dims), "dtype": kind, "device": device, "seed": seed},
+                {"which": which, "dims": asdict(dims), "dtype": kind, "device": device, "seed": seed},
                 device=chosen, run=steppers[name])
         report[name] = entry
-    report["speedup"] = report["reference"]["seconds_per_step"] / report["visattn"]["seconds_per_step"]
+    reference = report["reference"]["seconds_per_step"]
+    report["speedup"] = reference / report["visattn"]["seconds_per_step"]
+    report["speedups"] = {name: reference / report[name]["seconds_per_step"] for name in kinds if name != "reference"}
     return report
 
 
@@ -280,10 +290,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"caption-train: error: {err}", file=sys.stderr)
         return 2
     if not args.json:
-        for name in ("reference", "visattn", "visattn_fp32"):
+        for name in ("reference", "visattn", "visattn_fp32", "visattn_autocast"):
             if name in report:
                 e = report[name]
-                print(f"{name:13s} {e['dtype']}: {e['seconds_per_step']:.3f} s/step, {e['tokens_per_s']:.0f} tokens/s, "
+                print(f"{name:16s} {e['dtype']:13s} {e['seconds_per_step']:.3f} s/step, {e['tokens_per_s']:.0f} tokens/s, "
                       f"{e['achieved_gflops']:.0f} GFLOP/s ({100 * e['fraction_of_peak']:.0f}% of peak), "
                       f"loss {e['losses'][0]:.3f} -> {e['losses'][-1]:.3f}", file=sys.stderr)
         print(f"speedup {report['speedup']:.2f}x on {report['device']} ({report['threads']} threads)", file=sys.stderr)
