@@ -129,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("attention-dim", "decoder-dim", "embed-dim"):
         parser.add_argument(f"--{name}", type=int, default=512, help="(default: 512)")
     parser.add_argument("--batch-size", type=int, default=32, help="(default: 32)")
-    parser.add_argument("--mode", choices=["random", "pairs"], default="random", help="items per image (default: random)")
+    parser.add_argument("--mode", choices=["random", "pairs"], default="random",
+                        help="items per image (default: random)")
     parser.add_argument("--repeats", type=int, default=3, help="timed epochs per path (default: 3)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
     parser.add_argument("--seed", type=int, default=0)

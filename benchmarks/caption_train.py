@@ -1,10 +1,11 @@
 """Caption training speed: one step (forward, backward, AdamW) of visattn's captioner vs the textbook decoder.
 
-Both decoders start from the same weights (``reference_sat.copy_to_captioner``), train on the same batch
-of annotation vectors (B, L, C) and captions with the same optimizer (fused AdamW), in the same process,
-alternating, median of ``--steps`` timed steps after warm-up. Defaults are the paper's dimensions: encoder 2048, grid 14×14, attention,
-decoder and embedding 512, vocabulary 10,000, batch 32, captions of up to 22 tokens (lengths drawn
-uniformly between half that and that; the longest caption of the batch has the maximum length).
+Both decoders start from the same weights (``reference_sat.copy_to_captioner``), train on the same batch of
+annotation vectors (B, L, C) and captions with the same optimizer (fused AdamW), in the same process,
+alternating, median of ``--steps`` timed steps after warm-up. Defaults are the paper's dimensions: encoder
+2048, grid 14×14, attention, decoder and embedding 512, vocabulary 10,000, batch 32, captions of up to 22
+tokens (lengths drawn uniformly between half that and that; the longest caption of the batch has the maximum
+length).
 
 ``--dtype bf16`` runs visattn's decoder with bf16 weights and activations and fp32 master weights in the
 optimizer, next to the fp32 reference, visattn in fp32 and visattn under plain bf16 autocast (fp32
@@ -87,7 +88,8 @@ def vocabulary(size: int) -> list[str]:
     return ["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(size - 4)]
 
 
-def build_models(dims: Dims, *, dropout: float = 0.5, alpha_c: float = 0.0, seed: int = 0) -> tuple[nn.Module, nn.Module]:
+def build_models(dims: Dims, *, dropout: float = 0.5, alpha_c: float = 0.0,
+                 seed: int = 0) -> tuple[nn.Module, nn.Module]:
     """(reference, visattn captioner) with the same weights; the captioner's (unused) encoder is dropped."""
     torch.manual_seed(seed)
     reference = ReferenceDecoder(vocab_size=dims.vocab_size, encoder_dim=dims.encoder_dim,
@@ -293,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("reference", "visattn", "visattn_fp32", "visattn_autocast"):
             if name in report:
                 e = report[name]
-                print(f"{name:16s} {e['dtype']:13s} {e['seconds_per_step']:.3f} s/step, {e['tokens_per_s']:.0f} tokens/s, "
+                print(f"{name:16s} {e['dtype']:13s} {e['seconds_per_step']:.3f} s/step, "
+                      f"{e['tokens_per_s']:.0f} tokens/s, "
                       f"{e['achieved_gflops']:.0f} GFLOP/s ({100 * e['fraction_of_peak']:.0f}% of peak), "
                       f"loss {e['losses'][0]:.3f} -> {e['losses'][-1]:.3f}", file=sys.stderr)
         print(f"speedup {report['speedup']:.2f}x on {report['device']} ({report['threads']} threads)", file=sys.stderr)

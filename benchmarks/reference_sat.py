@@ -166,7 +166,8 @@ def reference_beam_search(decoder: ReferenceDecoder, encoder_out: Tensor, *, bea
     return sequences[int(scores.argmax())]
 
 
-_LSTM_ORDER = (0, 1, 3, 2)  # nn.LSTMCell stacks gates (input, forget, cell, output); visattn (input, forget, output, cell)
+# nn.LSTMCell stacks its gates (input, forget, cell, output); visattn stacks (input, forget, output, cell).
+_LSTM_ORDER = (0, 1, 3, 2)
 
 
 def _reorder_gates(weight: Tensor) -> Tensor:
@@ -183,7 +184,8 @@ def copy_to_captioner(decoder: ReferenceDecoder, captioner: nn.Module) -> None:
     visattn keeps one; the LSTM cell's two biases likewise. Dropout and the embedding match one to one.
     """
     config = captioner.config
-    if (config.attention, config.gate, config.deep_output, config.attention_mode) != ("additive", "channel", False, "soft"):
+    layout = (config.attention, config.gate, config.deep_output, config.attention_mode)
+    if layout != ("additive", "channel", False, "soft"):
         raise ValueError("copy_to_captioner needs CaptionerConfig(attention='additive', gate='channel', "
                          "deep_output=False, attention_mode='soft')")
     ref_att, att = decoder.attention, captioner.attention

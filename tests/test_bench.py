@@ -137,8 +137,8 @@ def test_alternating_timer_runs_every_function_in_turn():
 def test_cli_bench_prints_the_json_report(capsys):
     code = main(["bench", "caption-train", "--encoder-dim", "16", "--grid", "2", "--attention-dim", "8",
                  "--decoder-dim", "8", "--embed-dim", "8", "--vocab-size", "12", "--batch-size", "2",
-                 "--max-len", "4", "--steps", "1", "--warmup", "0", "--threads", "1", "--peak-size", "64", "--no-memory",
-                 "--json"])
+                 "--max-len", "4", "--steps", "1", "--warmup", "0", "--threads", "1", "--peak-size", "64",
+                 "--no-memory", "--json"])
     assert code == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["benchmark"] == "caption-train" and report["dims"]["vocab_size"] == 12
