@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {list(MODELS)}")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--speed-steps", type=int, default=6, help="batches timed to set each model's epochs")
+    parser.add_argument("--num-downsample", type=int, default=3,
+                        help="small CNN stride-2 blocks: 3 gives an 8x8 grid on 64px scenes, 2 a 16x16 one")
     args = parser.parse_args()
     names = [n for n in args.models.split(",") if n]
     unknown = sorted(set(names) - set(MODELS))
@@ -94,6 +96,7 @@ def main() -> None:
     for name in names:
         attention, mode = MODELS[name]
         config = demo_model_config(attention=attention, attention_mode=mode)
+        config = replace(config, encoder=replace(config.encoder, num_downsample=args.num_downsample))
         speed = measure_speed(config, data, batch_size=args.batch_size, steps=args.speed_steps, seed=args.seed)
         epochs = max(1, round(args.seconds_per_model * speed / args.num_train))
         train_config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, warmup_steps=100,
@@ -117,7 +120,7 @@ def main() -> None:
             targets[f"soft_attention_correctness{region}_at_least_0.6"] = value >= 0.6
             targets[f"soft_attention_correctness{region}_over_uniform"] = value / max(uniform, 1e-9)
     config = {"data": data.source, "num_train": args.num_train, "num_val": args.num_val, "num_test": args.num_test,
-              "seconds_per_model": args.seconds_per_model, "beam_size": args.beam_size, "threads": args.threads,
+              "seconds_per_model": args.seconds_per_model, "num_downsample": args.num_downsample, "beam_size": args.beam_size, "threads": args.threads,
               "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "data_seconds": data_seconds,
               "total_seconds": time.perf_counter() - started, "runs": str(out)}
     print(json.dumps({"models": results, "targets": targets, "config": config}))
