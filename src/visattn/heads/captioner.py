@@ -241,8 +241,11 @@ class Captioner(nn.Module):
         scheduled = self.training and self.config.scheduled_sampling > 0
         hs, zs, alphas, betas, step_logits = [], [], [], [], []
         indices, log_probs, entropies = [], [], []
+        # unbind: one view per step whose backward is a single stack (indexing [:, t] would zero-fill
+        # and accumulate a full (B, T-1, ·) gradient at every step).
+        embedded_steps, word_gates_steps = embedded.unbind(1), word_gates.unbind(1)
         for t in range(steps):
-            emb_t, gates_t = embedded[:, t], word_gates[:, t]
+            emb_t, gates_t = embedded_steps[t], word_gates_steps[t]
             if scheduled and t > 0:
                 own = step_logits[-1].detach().argmax(dim=-1)  # (B,)
                 use_own = torch.rand(batch, device=tokens.device) < self.config.scheduled_sampling
