@@ -201,7 +201,9 @@ class Attention(nn.Module, metaclass=abc.ABCMeta):
         queries, single = self._as_queries(query)
         weights = masked_softmax(self._logits(keys, queries).squeeze(1), mask)  # (B, Q, L)
         # log(0) = -inf at masked places: Categorical never samples them and their entropy term is 0.
-        dist = torch.distributions.Categorical(probs=weights)
+        # fp32 and no argument validation: the check would sync with the device every step and its 1e-6
+        # tolerance rejects bf16 distributions.
+        dist = torch.distributions.Categorical(probs=weights.float(), validate_args=False)
         index = dist.sample()  # (B, Q)
         log_prob = dist.log_prob(index)
         entropy = dist.entropy()
@@ -292,7 +294,9 @@ class AdditiveAttention(Attention):
 
     def _logits(self, keys: AttentionKeys, query: Tensor) -> Tensor:
         q = self.query_proj(query)  # (B, Q, A)
-        hidden = torch.tanh(keys.keys.unsqueeze(1) + q.unsqueeze(2))  # (B, 1, L, A) + (B, Q, 1, A) -> (B, Q, L, A)
+        # (B, 1, L, A) + (B, Q, 1, A) -> (B, Q, L, A); tanh in place on the fresh sum saves one (B, Q, L, A)
+        # buffer per decoding step (autograd keeps tanh's output, not the sum).
+        hidden = (keys.keys.unsqueeze(1) + q.unsqueeze(2)).tanh_()
         return self.score(hidden).squeeze(-1).unsqueeze(1)  # (B, 1, Q, L)
 
 
