@@ -201,9 +201,10 @@ class Attention(nn.Module, metaclass=abc.ABCMeta):
         queries, single = self._as_queries(query)
         weights = masked_softmax(self._logits(keys, queries).squeeze(1), mask)  # (B, Q, L)
         # log(0) = -inf at masked places: Categorical never samples them and their entropy term is 0.
-        # fp32 and no argument validation: the check would sync with the device every step and its 1e-6
-        # tolerance rejects bf16 distributions.
-        dist = torch.distributions.Categorical(probs=weights.float(), validate_args=False)
+        # At least fp32 and no argument validation: the check would sync with the device every step and its
+        # 1e-6 tolerance rejects bf16 distributions.
+        dtype = torch.promote_types(weights.dtype, torch.float32)
+        dist = torch.distributions.Categorical(probs=weights.to(dtype), validate_args=False)
         index = dist.sample()  # (B, Q)
         log_prob = dist.log_prob(index)
         entropy = dist.entropy()
