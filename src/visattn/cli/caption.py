@@ -71,7 +71,7 @@ def register(commands: dict) -> None:
     evaluate.add_argument("--image-root", type=Path, default=None, help="caption: images of --karpathy-json")
     evaluate.add_argument("--split", choices=["val", "test"], default="test", help="caption: Karpathy split")
     evaluate.add_argument("--image-size", type=positive_int, default=None,
-                          help="caption: side the model was trained at (default: 64 scenes, 224 files)")
+                          help="caption: resize images to this side (default: the checkpoint's training size)")
 
     caption = commands["root"].add_parser(
         "caption", help="caption images and draw per-word attention",
@@ -82,17 +82,18 @@ def register(commands: dict) -> None:
     caption.add_argument("--beam-size", type=positive_int, default=3)
     caption.add_argument("--n-best", type=positive_int, default=1)
     caption.add_argument("--max-len", type=positive_int, default=None, help="most tokens, <end> included")
-    caption.add_argument("--image-size", type=positive_int, default=64, help="side the model was trained at")
+    caption.add_argument("--image-size", type=positive_int, default=None,
+                         help="resize images to this side (default: the checkpoint's training size)")
     caption.add_argument("--out", type=Path, default=Path("captions"), help="folder for the figures")
     add_device_option(caption)
     caption.set_defaults(handler=run_caption)
 
 
-def _data(args: argparse.Namespace, *, train: bool):
+def _data(args: argparse.Namespace, *, train: bool, model_size: int | None = None):
     from visattn.tasks.caption_data import coco_data, karpathy_data, scene_data
 
     files = args.karpathy_json is not None or getattr(args, "coco_train", None) is not None
-    size = args.image_size or (224 if files else 64)
+    size = args.image_size or model_size or (224 if files else 64)
     if args.karpathy_json is not None:
         if args.image_root is None:
             raise UsageError("--karpathy-json needs --image-root")
@@ -143,7 +144,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     device = select_device(args.device)
     model = load(args.checkpoint, task="caption", map_location=str(device))
-    data = _data(args, train=False)
+    data = _data(args, train=False, model_size=model.config.image_size)
     source = data.test if args.karpathy_json is not None and args.split == "test" else data.val
     if source is None:
         raise CliError(f"{args.karpathy_json}: no {args.split!r} images")

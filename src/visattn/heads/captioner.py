@@ -61,6 +61,7 @@ class CaptionerConfig:
         scheduled_sampling: per step and caption, the probability of feeding the model's own most likely
             previous word instead of the true one (training only).
         max_len: default number of tokens :meth:`Captioner.generate` may produce (``<end>`` included).
+        image_size: the square side images were trained at; ``visattn caption`` and ``eval`` resize to it.
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -85,9 +86,10 @@ class CaptionerConfig:
     hard_expected_context_prob: float = 0.5  # the paper's trick (§4.1)
     scheduled_sampling: float = 0.0
     max_len: int = 20
+    image_size: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("attention_dim", "decoder_dim", "embed_dim", "max_len"):
+        for name in ("attention_dim", "decoder_dim", "embed_dim", "max_len", "image_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"CaptionerConfig.{name}: expected an int >= 1, got {value!r}")

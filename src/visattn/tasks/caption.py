@@ -228,7 +228,7 @@ def train_captioner(model_config: CaptionerConfig, data: CaptionData, train_conf
         from visattn.checkpoint import read_checkpoint
 
         check_vocabulary(read_checkpoint(resume, task="caption").config.get("vocab", []), data.vocab, str(resume))
-    model_config = replace(model_config, vocab=data.vocab.to_list())
+    model_config = replace(model_config, vocab=data.vocab.to_list(), image_size=data.image_size)
     if feature_cache is not None and encoder_lr:
         raise ValueError("a feature cache needs a frozen encoder; drop encoder_lr or the feature cache")
     if feature_cache is not None or encoder_lr == 0:
