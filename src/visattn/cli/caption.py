@@ -6,8 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from visattn.cli.common import CliError, UsageError, add_device_option, add_train_options, load_json_config, \
-    positive_int, train_config_from_args
+from visattn.cli.common import (
+    CliError, UsageError, add_device_option, add_train_options, load_json_config,
+    positive_int, report_metrics, train_config_from_args,
+)
 from visattn.engine import select_device
 
 __all__ = ["register"]
@@ -150,11 +152,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise CliError(f"{args.karpathy_json}: no {args.split!r} images")
     loader = DataLoader(eval_dataset(model, source), batch_size=args.batch_size, collate_fn=collate)
     metrics = evaluate_captioner(model, loader, device, beam_size=args.beam_size)
-    text = json.dumps(metrics, indent=2)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).write_text(text)
-    return 0
+    return report_metrics(metrics, args.json_out)
 
 
 def run_caption(args: argparse.Namespace) -> int:

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
-from visattn.cli.common import CliError, add_device_option, add_train_options, load_json_config, positive_int, \
-    train_config_from_args
+from visattn.cli.common import (
+    CliError, add_device_option, add_train_options, load_json_config,
+    positive_int, report_metrics, train_config_from_args,
+)
 from visattn.engine import select_device
 from visattn.heads.classifier import ClassifierConfig
 
@@ -113,11 +115,7 @@ def run_eval(args: argparse.Namespace) -> int:
     dataset = _eval_data(args, model)
     loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate)
     metrics = evaluate_classifier(model, loader, device)
-    text = json.dumps(metrics, indent=2)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).write_text(text)
-    return 0
+    return report_metrics(metrics, args.json_out)
 
 
 def run_predict(args: argparse.Namespace) -> int:

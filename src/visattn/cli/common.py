@@ -16,7 +16,7 @@ from visattn.config import config_from_dict
 from visattn.engine import TrainConfig
 
 __all__ = ["UsageError", "CliError", "add_train_options", "train_config_from_args", "load_json_config",
-           "add_device_option", "setup_logging", "positive_int", "non_negative_int", "set_threads"]
+           "add_device_option", "report_metrics", "setup_logging", "positive_int", "non_negative_int", "set_threads"]
 
 
 class UsageError(Exception):
@@ -111,6 +111,15 @@ def load_json_config(path: Path | None, cls: type, *, overrides: dict[str, Any] 
         return config_from_dict(cls, data, source=str(path) if path else "command line")
     except ValueError as err:
         raise CliError(str(err)) from err
+
+
+def report_metrics(metrics: dict[str, Any], json_out: str | Path | None) -> int:
+    """Print an evaluation's metrics as JSON (and write them to ``json_out``); the command's exit code."""
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if json_out:
+        Path(json_out).write_text(text)
+    return 0
 
 
 def setup_logging(verbose: bool) -> None:

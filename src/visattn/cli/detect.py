@@ -6,8 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from visattn.cli.common import UsageError, add_device_option, add_train_options, load_json_config, positive_int, \
-    train_config_from_args
+from visattn.cli.common import (
+    UsageError, add_device_option, add_train_options, load_json_config,
+    positive_int, report_metrics, train_config_from_args,
+)
 from visattn.engine import TrainConfig, select_device
 from visattn.heads.detector import DetectorConfig
 
@@ -103,11 +105,7 @@ def run_eval(args: argparse.Namespace) -> int:
         dataset = scene_data(num_train=0, num_val=args.num_samples, image_size=size, seed=args.data_seed).val
     loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate)
     metrics = evaluate_detector(model, loader, device, category_ids=category_ids)
-    text = json.dumps(metrics, indent=2)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).write_text(text)
-    return 0
+    return report_metrics(metrics, args.json_out)
 
 
 def run_detect(args: argparse.Namespace) -> int:
