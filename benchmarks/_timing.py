@@ -6,9 +6,10 @@ minute of a shared machine hits both, and the median of each one's timings is re
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` of each implementation in this process (reset in
 between). On the CPU PyTorch keeps no such counter, so each implementation runs once more in a fresh
-Python process and that process's peak resident set (``ru_maxrss``) is reported together with the
-resident set of the same process before the workload was built (modules imported, nothing else): the
-difference is what the workload needed.
+Python process. Reported: ``peak_mib`` (that process's peak resident set while it does the work twice),
+``baseline_mib`` (its resident set with the modules imported, nothing built), ``built_mib`` (after
+building models, data and optimizer) and the differences ``workload_mib`` = peak − baseline and
+``work_mib`` = peak − built (activations, gradients, optimizer state and temporaries of the work itself).
 """
 
 from __future__ import annotations
@@ -131,7 +132,17 @@ def current_rss_mib() -> float:
 
 
 def max_rss_mib() -> float:
-    """Peak resident set of this process so far."""
+    """Peak resident set of this process so far.
+
+    On Linux this is ``VmHWM`` of /proc/self/status: ``ru_maxrss`` would not do in a child process, because
+    the kernel carries the parent's high-water mark over ``fork`` + ``exec``.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
@@ -151,7 +162,7 @@ def peak_memory(module: str, function: str, kwargs: dict[str, Any], *, device: t
 
     Returns:
         CUDA: ``{"kind": "cuda_max_memory_allocated", "peak_mib"}``. CPU: ``{"kind": "process_peak_rss",
-        "peak_mib", "baseline_mib", "workload_mib"}`` (baseline: modules imported, nothing built).
+        "peak_mib", "baseline_mib", "built_mib", "workload_mib", "work_mib"}`` (module docstring).
     """
     if device.type == "cuda":
         if run is None:
@@ -171,6 +182,18 @@ def peak_memory(module: str, function: str, kwargs: dict[str, Any], *, device: t
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _reset_peak_rss() -> bool:
+    """Release freed heap to the system and restart the ``VmHWM`` high-water mark from now (Linux >= 4.0)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def memory_child_main(module: str, function: str) -> None:
     """Child side of :func:`peak_memory`: kwargs as JSON on stdin, the result as one JSON line on stdout."""
     import importlib
@@ -180,8 +203,11 @@ def memory_child_main(module: str, function: str) -> None:
     builder = getattr(importlib.import_module(module), function)
     baseline = current_rss_mib()  # torch and the benchmark's imports loaded, nothing built
     work = builder(**kwargs)
+    reset = _reset_peak_rss()
+    built = current_rss_mib()  # models, data and optimizer built
     work()
     work()
     peak = max_rss_mib()
     print(json.dumps({"kind": "process_peak_rss", "peak_mib": round(peak, 1), "baseline_mib": round(baseline, 1),
-                      "workload_mib": round(peak - baseline, 1)}))
+                      "built_mib": round(built, 1), "workload_mib": round(peak - baseline, 1),
+                      "work_mib": round(peak - built, 1) if reset else None}))

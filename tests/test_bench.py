@@ -124,6 +124,8 @@ def test_peak_memory_runs_the_workload_in_a_child_process():
     memory = _timing.peak_memory("caption_train", "memory_workload", args, device=torch.device("cpu"))
     assert memory["kind"] == "process_peak_rss"
     assert memory["peak_mib"] >= memory["baseline_mib"] > 0 and memory["workload_mib"] >= 0
+    assert memory["peak_mib"] >= memory["built_mib"] > 0
+    assert memory["work_mib"] is None or memory["work_mib"] >= 0
 
 
 def test_alternating_timer_runs_every_function_in_turn():
