@@ -5,7 +5,9 @@ annotation vectors (B, L, C) and captions with the same optimizer (fused AdamW),
 alternating, median of ``--steps`` timed steps after warm-up. Defaults are the paper's dimensions: encoder
 2048, grid 14×14, attention, decoder and embedding 512, vocabulary 10,000, batch 32, captions of up to 22
 tokens (lengths drawn uniformly between half that and that; the longest caption of the batch has the maximum
-length).
+length). ``--equal-lengths`` gives every caption of the batch the maximum length instead, as the paper's
+training does (it samples a length, then a minibatch of captions of that length): then the textbook's
+shrinking batch saves nothing and visattn computes nothing on padding.
 
 ``--dtype bf16`` runs visattn's decoder with bf16 weights and activations and fp32 master weights in the
 optimizer, next to the fp32 reference, visattn in fp32 and visattn under plain bf16 autocast (fp32
@@ -69,13 +71,15 @@ class Dims:
             raise ValueError("--max-len must be >= 3 and --vocab-size >= 5 (4 special tokens and a word)")
 
 
-def make_batch(dims: Dims, *, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+def make_batch(dims: Dims, *, seed: int = 0, equal_lengths: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Annotations (B, L, C) >= 0 like a ReLU CNN's, tokens (B, T) and lengths (B,), deterministic from seed."""
     gen = torch.Generator().manual_seed(seed)
     batch, steps = dims.batch_size, dims.max_len
     features = torch.randn(batch, dims.grid**2, dims.encoder_dim, generator=gen).relu_()
     lengths = torch.randint((steps + 1) // 2, steps + 1, (batch,), generator=gen)
     lengths[0] = steps
+    if equal_lengths:
+        lengths.fill_(steps)
     tokens = torch.randint(4, dims.vocab_size, (batch, steps), generator=gen)
     tokens[:, 0] = 1  # <start>
     for row, length in enumerate(lengths.tolist()):
@@ -135,7 +139,7 @@ class MasterWeightStep:
 
 
 def build_step(which: str, dims: Dims, *, dtype: str = "fp32", device: str = "cpu", seed: int = 0,
-               dropout: float = 0.5, lr: float = 4e-4) -> Callable[[], Tensor]:
+               dropout: float = 0.5, lr: float = 4e-4, equal_lengths: bool = False) -> Callable[[], Tensor]:
     """A callable doing one training step of ``which`` ("reference" or "visattn") and returning its loss.
 
     ``dtype``: "fp32"; "bf16" (bf16 weights and activations, fp32 master weights); "bf16-autocast" (fp32
@@ -143,7 +147,7 @@ def build_step(which: str, dims: Dims, *, dtype: str = "fp32", device: str = "cp
     implementation starts from the same state.
     """
     reference, captioner = build_models(dims, dropout=dropout, seed=seed)
-    features, tokens, lengths = (t.to(device) for t in make_batch(dims, seed=seed))
+    features, tokens, lengths = (t.to(device) for t in make_batch(dims, seed=seed, equal_lengths=equal_lengths))
     grid = (dims.grid, dims.grid)
     if which == "reference":
         if dtype != "fp32":
@@ -213,13 +217,15 @@ def train_gflop(which: str, dims: Dims, lengths: Tensor) -> float:
     return total / 1e9
 
 
-def memory_workload(which: str, dims: dict[str, int], dtype: str, device: str, seed: int) -> Callable[[], Tensor]:
+def memory_workload(which: str, dims: dict[str, int], dtype: str, device: str, seed: int,
+                    equal_lengths: bool = False) -> Callable[[], Tensor]:
     """Entry point of the peak-memory child process (see ``_timing.peak_memory``)."""
-    return build_step(which, Dims(**dims), dtype=dtype, device=device, seed=seed)
+    return build_step(which, Dims(**dims), dtype=dtype, device=device, seed=seed, equal_lengths=equal_lengths)
 
 
 def run(dims: Dims, *, dtype: str = "fp32", steps: int = 5, warmup: int = 2, device: str = "cpu",
-        threads: int | None = None, seed: int = 0, memory: bool = True, peak_size: int = 2048) -> dict[str, Any]:
+        threads: int | None = None, seed: int = 0, memory: bool = True, peak_size: int = 2048,
+        equal_lengths: bool = False) -> dict[str, Any]:
     """Measure both implementations side by side; returns the JSON-able report (module docstring).
 
     ``peak_size`` is the side of the square matmul that measures the peak.
@@ -232,7 +238,7 @@ def run(dims: Dims, *, dtype: str = "fp32", steps: int = 5, warmup: int = 2, dev
     kinds = {"reference": ("reference", "fp32"), "visattn": ("visattn", dtype)}
     if dtype != "fp32":  # how bf16 training compares with fp32 training, and with plain autocast
         kinds.update(visattn_fp32=("visattn", "fp32"), visattn_autocast=("visattn", "bf16-autocast"))
-    steppers = {name: build_step(which, dims, dtype=kind, device=device, seed=seed)
+    steppers = {name: build_step(which, dims, dtype=kind, device=device, seed=seed, equal_lengths=equal_lengths)
                 for name, (which, kind) in kinds.items()}
     losses: dict[str, list[Tensor]] = {name: [] for name in steppers}
 
@@ -243,11 +249,11 @@ def run(dims: Dims, *, dtype: str = "fp32", steps: int = 5, warmup: int = 2, dev
                                      device=chosen)
     peaks = {kind: _timing.matmul_peak_gflops(_timing.TORCH_DTYPES[kind], chosen, size=peak_size)
              for kind in sorted({"fp32", dtype})}
-    _, _, lengths = make_batch(dims, seed=seed)
+    _, _, lengths = make_batch(dims, seed=seed, equal_lengths=equal_lengths)
     tokens_per_step = int((lengths - 1).sum())
     report: dict[str, Any] = {"benchmark": "caption-train", **_timing.device_info(chosen), "dims": asdict(dims),
-                              "dtype": dtype, "steps": steps, "warmup": warmup, "tokens_per_step": tokens_per_step,
-                              "peak_gflops": peaks[dtype]}
+                              "equal_lengths": equal_lengths, "dtype": dtype, "steps": steps, "warmup": warmup,
+                              "tokens_per_step": tokens_per_step, "peak_gflops": peaks[dtype]}
     for name, (which, kind) in kinds.items():
         seconds = _timing.summarise(times[name])
         gflop = train_gflop(which, dims, lengths)
@@ -260,7 +266,8 @@ def run(dims: Dims, *, dtype: str = "fp32", steps: int = 5, warmup: int = 2, dev
         if memory:
             entry["memory"] = _timing.peak_memory(
                 "caption_train", "memory_workload",
-                {"which": which, "dims": asdict(dims), "dtype": kind, "device": device, "seed": seed},
+                {"which": which, "dims": asdict(dims), "dtype": kind, "device": device, "seed": seed,
+                 "equal_lengths": equal_lengths},
                 device=chosen, run=steppers[name])
         report[name] = entry
     reference = report["reference"]["seconds_per_step"]
@@ -281,13 +288,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peak-size", type=int, default=2048, help="side of the peak-measuring matmul (default: 2048)")
+    parser.add_argument("--equal-lengths", action="store_true",
+                        help="every caption of the batch has --max-len tokens (the paper's batching)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--json", action="store_true", help="print only the JSON report")
     args = parser.parse_args(argv)
     try:
         dims = Dims(**{name: getattr(args, name) for name in asdict(Dims())})
         report = run(dims, dtype=args.dtype, steps=args.steps, warmup=args.warmup, device=args.device,
-                     threads=args.threads, seed=args.seed, memory=not args.no_memory, peak_size=args.peak_size)
+                     threads=args.threads, seed=args.seed, memory=not args.no_memory, peak_size=args.peak_size,
+                     equal_lengths=args.equal_lengths)
     except ValueError as err:
         print(f"caption-train: error: {err}", file=sys.stderr)
         return 2

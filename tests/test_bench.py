@@ -64,7 +64,8 @@ def test_reference_beam_search_gives_the_captions_of_batched_beam_search():
 def test_flop_count_differs_only_by_the_recomputed_keys_when_no_caption_ends_early():
     B, L, C, A = TINY.batch_size, TINY.grid**2, TINY.encoder_dim, TINY.attention_dim
     steps = TINY.max_len - 1
-    full = torch.full((B,), TINY.max_len)
+    full = caption_train.make_batch(TINY, equal_lengths=True)[2]  # the paper's batching: one length per batch
+    assert full.tolist() == [TINY.max_len] * B
     extra = caption_train.train_gflop("reference", TINY, full) - caption_train.train_gflop("visattn", TINY, full)
     # Forward and weight gradient of W_k·a (B·L × C × A), once per step instead of once.
     assert extra == pytest.approx((steps - 1) * 2 * (2 * B * L * C * A) / 1e9)
