@@ -3,8 +3,8 @@
 Three ways to caption the same N images with beam size k, on the same weights, in one run (alternating,
 median of ``--repeats`` after a warm-up on two images):
 
-- ``batched``: ``Captioner.generate`` over all N images at once (N·k beams in one tensor pass, keys once
-  per image);
+- ``batched``: ``Captioner.generate`` over ``--decode-batch`` images at a time (their k beams each in
+  one tensor pass, keys once per image), as evaluation decodes a loader batch;
 - ``visattn_one_at_a_time``: the same ``generate``, called per image (what batching alone buys);
 - ``reference``: the textbook loop (``reference_sat.reference_beam_search``): one image at a time, the
   image projection recomputed at every step.
@@ -43,13 +43,15 @@ def build(dims: Dims, *, num_images: int, sharpness: float, seed: int) -> tuple[
     return reference.eval(), captioner.eval(), features
 
 
-def decoders(reference: nn.Module, captioner: nn.Module, *, beam_size: int,
-             max_len: int) -> dict[str, Callable[[Tensor], list[list[int]]]]:
+def decoders(reference: nn.Module, captioner: nn.Module, *, beam_size: int, max_len: int,
+             decode_batch: int) -> dict[str, Callable[[Tensor], list[list[int]]]]:
     """name -> features (N, L, C) -> the best caption's token ids per image."""
     start, end = captioner.start_id, captioner.end_id  # square grids: generate infers (H', W') from L
 
     def batched(features: Tensor) -> list[list[int]]:
-        return [h[0].tokens for h in captioner.generate(features=features, beam_size=beam_size, max_len=max_len)]
+        return [h[0].tokens for first in range(0, len(features), decode_batch)
+                for h in captioner.generate(features=features[first : first + decode_batch], beam_size=beam_size,
+                                            max_len=max_len)]
 
     def visattn_one_at_a_time(features: Tensor) -> list[list[int]]:
         return [captioner.generate(features=features[i : i + 1], beam_size=beam_size, max_len=max_len)[0][0].tokens
@@ -64,21 +66,22 @@ def decoders(reference: nn.Module, captioner: nn.Module, *, beam_size: int,
 
 
 def memory_workload(which: str, dims: dict[str, int], num_images: int, beam_size: int, max_len: int,
-                    sharpness: float, seed: int) -> Callable[[], Any]:
+                    decode_batch: int, sharpness: float, seed: int) -> Callable[[], Any]:
     """Entry point of the peak-memory child process (see ``_timing.peak_memory``)."""
     reference, captioner, features = build(Dims(**dims), num_images=num_images, sharpness=sharpness, seed=seed)
-    decode = decoders(reference, captioner, beam_size=beam_size, max_len=max_len)[which]
+    decode = decoders(reference, captioner, beam_size=beam_size, max_len=max_len, decode_batch=decode_batch)[which]
     return lambda: decode(features)
 
 
-def run(dims: Dims, *, num_images: int = 100, beam_size: int = 5, max_len: int = 20, repeats: int = 3,
-        threads: int | None = None, sharpness: float = 8.0, seed: int = 0, memory: bool = True) -> dict[str, Any]:
+def run(dims: Dims, *, num_images: int = 100, beam_size: int = 5, max_len: int = 20, decode_batch: int = 50,
+        repeats: int = 3, threads: int | None = None, sharpness: float = 8.0, seed: int = 0,
+        memory: bool = True) -> dict[str, Any]:
     """Measure the three decoders side by side; returns the JSON-able report (module docstring)."""
-    if num_images < 1 or beam_size < 1 or max_len < 1:
-        raise ValueError("--num-images, --beam-size and --max-len must be >= 1")
+    if min(num_images, beam_size, max_len, decode_batch) < 1:
+        raise ValueError("--num-images, --beam-size, --max-len and --decode-batch must be >= 1")
     device = _timing.configure(threads, "cpu")  # the reference decodes on the CPU
     reference, captioner, features = build(dims, num_images=num_images, sharpness=sharpness, seed=seed)
-    decode = decoders(reference, captioner, beam_size=beam_size, max_len=max_len)
+    decode = decoders(reference, captioner, beam_size=beam_size, max_len=max_len, decode_batch=decode_batch)
     captions: dict[str, list[list[int]]] = {}
     with torch.no_grad():
         for name, fn in decode.items():
@@ -92,12 +95,13 @@ def run(dims: Dims, *, num_images: int = 100, beam_size: int = 5, max_len: int =
     widths = {k: v for k, v in asdict(dims).items() if k not in ("batch_size", "max_len")}
     report: dict[str, Any] = {"benchmark": "beam", **_timing.device_info(device), "dims": widths,
                               "num_images": num_images, "beam_size": beam_size, "max_len": max_len,
+                              "decode_batch": decode_batch,
                               "repeats": repeats, "sharpness": sharpness}
     lengths = [len(c) for c in captions["batched"]]
     report["mean_caption_words"] = sum(lengths) / len(lengths)
     report["captions_cut_at_max_len"] = sum(length >= max_len for length in lengths)
     kwargs = {"dims": asdict(dims), "num_images": num_images, "beam_size": beam_size, "max_len": max_len,
-              "sharpness": sharpness, "seed": seed}
+              "decode_batch": decode_batch, "sharpness": sharpness, "seed": seed}
     for name in decode:
         seconds = _timing.summarise(times[name])
         entry: dict[str, Any] = {"seconds": seconds["median"], "seconds_min": seconds["min"],
@@ -123,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=value, help=f"(default: {value})")
     parser.add_argument("--num-images", type=int, default=100, help="(default: 100)")
     parser.add_argument("--beam-size", type=int, default=5, help="(default: 5)")
+    parser.add_argument("--decode-batch", type=int, default=50,
+                        help="images per batched generate call (default: 50)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per decoder (default: 3)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
     parser.add_argument("--sharpness", type=float, default=8.0, help="output-layer scale (default: 8)")
@@ -133,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dims = Dims(**{name: getattr(args, name) for name in asdict(Dims()) if name != "batch_size"})
         report = run(dims, num_images=args.num_images, beam_size=args.beam_size, max_len=args.max_len,
-                     repeats=args.repeats, threads=args.threads, sharpness=args.sharpness, seed=args.seed,
+                     decode_batch=args.decode_batch, repeats=args.repeats, threads=args.threads, sharpness=args.sharpness, seed=args.seed,
                      memory=not args.no_memory)
     except ValueError as err:
         print(f"beam: error: {err}", file=sys.stderr)
