@@ -12,6 +12,7 @@ import sys
 from typing import Callable, Sequence
 
 from visattn.checkpoint import CheckpointError
+from visattn.distributed import cleanup
 from visattn.cli.common import CliError, UsageError, add_device_option, set_threads, setup_logging
 
 __all__ = ["main", "build_parser"]
@@ -69,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     set_threads(args)
     try:
-        return int(args.handler(args) or 0)
+        code = int(args.handler(args) or 0)
+        cleanup()  # leave the torchrun process group cleanly (a no-op in one process)
+        return code
     except UsageError as err:
         parser.print_usage(sys.stderr)
         print(f"visattn: error: {err}", file=sys.stderr)

@@ -12,6 +12,7 @@ from visattn.cli.common import (
     CliError, add_device_option, add_train_options, load_json_config,
     positive_int, report_metrics, train_config_from_args,
 )
+from visattn.distributed import is_main
 from visattn.engine import select_device
 from visattn.heads.classifier import ClassifierConfig
 
@@ -89,7 +90,8 @@ def run_train(args: argparse.Namespace) -> int:
         data = scene_data(num_train=args.num_train, num_val=args.num_val, image_size=args.image_size,
                           seed=args.seed, clutter=args.clutter)
     result = train_classifier(config, data, train_config, args.run_dir, resume=args.resume)
-    print(json.dumps({"best": result["best"], "stopped": result["stopped"], "run_dir": result["run_dir"]}))
+    if is_main():  # under torchrun every rank returns here; one summary line is enough
+        print(json.dumps({"best": result["best"], "stopped": result["stopped"], "run_dir": result["run_dir"]}))
     return 0 if result["stopped"] == "completed" or result["stopped"].startswith("early stop") else 1
 
 
