@@ -419,6 +419,9 @@ def run_caption_demo(out_dir: str | Path, *, seconds_budget: float = 360.0, seed
         printer(f"  attention correctness {metrics['attention_correctness']:.3f} on generated words "
                 f"(uniform {metrics['uniform_correctness']:.3f}); "
                 f"{metrics.get('attention_correctness_tf', float('nan')):.3f} with teacher forcing")
+        if "attention_correctness_box" in metrics:
+            printer(f"  attention correctness in boxes {metrics['attention_correctness_box']:.3f} "
+                    f"(uniform {metrics['uniform_correctness_box']:.3f})")
     for result in results:
         printer(f"  {result.path}: {result.captions[0][0]!r} -> {result.figures[0] if result.figures else '-'}")
     return summary
