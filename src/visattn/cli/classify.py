@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
 from visattn.cli.common import (
     CliError, add_device_option, add_train_options, load_json_config,
-    positive_int, report_metrics, train_config_from_args,
+    positive_int, report_metrics, report_training, train_config_from_args,
 )
-from visattn.distributed import is_main
 from visattn.engine import select_device
 from visattn.heads.classifier import ClassifierConfig
 
@@ -90,9 +88,7 @@ def run_train(args: argparse.Namespace) -> int:
         data = scene_data(num_train=args.num_train, num_val=args.num_val, image_size=args.image_size,
                           seed=args.seed, clutter=args.clutter)
     result = train_classifier(config, data, train_config, args.run_dir, resume=args.resume)
-    if is_main():  # under torchrun every rank returns here; one summary line is enough
-        print(json.dumps({"best": result["best"], "stopped": result["stopped"], "run_dir": result["run_dir"]}))
-    return 0 if result["stopped"] == "completed" or result["stopped"].startswith("early stop") else 1
+    return report_training(result)
 
 
 def _eval_data(args: argparse.Namespace, model: torch.nn.Module):

@@ -16,7 +16,7 @@ from visattn.config import config_from_dict
 from visattn.engine import TrainConfig
 
 __all__ = ["UsageError", "CliError", "add_train_options", "train_config_from_args", "load_json_config",
-           "add_device_option", "report_metrics", "setup_logging", "positive_int", "non_negative_int", "set_threads"]
+           "add_device_option", "report_metrics", "report_training", "setup_logging", "positive_int", "non_negative_int", "set_threads"]
 
 
 class UsageError(Exception):
@@ -120,6 +120,16 @@ def report_metrics(metrics: dict[str, Any], json_out: str | Path | None) -> int:
     if json_out:
         Path(json_out).write_text(text)
     return 0
+
+
+def report_training(result: dict[str, Any]) -> int:
+    """Print a training run's one-line JSON summary (rank 0 only under torchrun); the command's exit code:
+    0 when training completed or stopped early, 1 when it stopped on a non-finite loss."""
+    from visattn.distributed import is_main
+
+    if is_main():
+        print(json.dumps({"best": result["best"], "stopped": result["stopped"], "run_dir": result["run_dir"]}))
+    return 0 if result["stopped"] == "completed" or result["stopped"].startswith("early stop") else 1
 
 
 def setup_logging(verbose: bool) -> None:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from visattn.cli.common import (
     UsageError, add_device_option, add_train_options, load_json_config,
-    positive_int, report_metrics, train_config_from_args,
+    positive_int, report_metrics, report_training, train_config_from_args,
 )
-from visattn.distributed import is_main
 from visattn.engine import TrainConfig, select_device
 from visattn.heads.detector import DetectorConfig
 
@@ -81,9 +79,7 @@ def run_train(args: argparse.Namespace) -> int:
                           num_objects=(1, args.max_objects))
     result = train_detector(config, data, train_config_from_args(args), args.run_dir, resume=args.resume,
                             eos_coef=args.eos_coef)
-    if is_main():  # under torchrun every rank returns here; one summary line is enough
-        print(json.dumps({"best": result["best"], "stopped": result["stopped"], "run_dir": result["run_dir"]}))
-    return 0 if result["stopped"] == "completed" or result["stopped"].startswith("early stop") else 1
+    return report_training(result)
 
 
 def run_eval(args: argparse.Namespace) -> int:
