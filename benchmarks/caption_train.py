@@ -6,8 +6,10 @@ alternating, median of ``--steps`` timed steps after warm-up. Defaults are the p
 2048, grid 14×14, attention, decoder and embedding 512, vocabulary 10,000, batch 32, captions of up to 22
 tokens (lengths drawn uniformly between half that and that; the longest caption of the batch has the maximum
 length). ``--equal-lengths`` gives every caption of the batch the maximum length instead, as the paper's
-training does (it samples a length, then a minibatch of captions of that length): then the textbook's
-shrinking batch saves nothing and visattn computes nothing on padding.
+training does (it samples a length, then a minibatch of captions of that length). Both decoders drop
+captions as they end (the textbook shrinks its batch step by step over length-sorted captions; visattn
+runs each step on the captions still running and the output layer on real targets only), so neither
+spends work on padding, and the difference is what each does per running caption.
 
 ``--dtype bf16`` runs visattn's decoder with bf16 weights and activations and fp32 master weights in the
 optimizer, next to the fp32 reference, visattn in fp32 and visattn under plain bf16 autocast (fp32
@@ -21,9 +23,9 @@ the widths above:
 
     both        init h_0, c_0       2 · 2·B·C·D                                   (fwd+bwd 2×)
     visattn     keys, once          2·B·L·C·A                                     (2×)
-                per step (×S)       query 2·B·D·A, score 2·B·L·A (3×), context 2·B·L·C (2×),
-                                    gate 2·B·D·C, LSTM state 2·B·(C+D)·4D (3×)
-                all steps at once   LSTM word 2·B·S·E·4D, output 2·B·S·D·V (3×)
+                per step t          query 2·b_t·D·A, score 2·b_t·L·A (3×), context 2·b_t·L·C (2×),
+                                    gate 2·b_t·D·C, LSTM state 2·b_t·(C+D)·4D (3×)
+                all steps at once   LSTM word 2·(Σ_t b_t)·E·4D, output 2·(Σ_t b_t)·D·V (3×)
     reference   per step t          keys 2·b_t·L·C·A (2×), query 2·b_t·D·A, score 2·b_t·L·A (3×),
                                     context 2·b_t·L·C (2×), gate 2·b_t·D·C, LSTM 2·b_t·(E+C+D)·4D,
                                     output 2·b_t·D·V (3×)
@@ -204,14 +206,15 @@ def train_gflop(which: str, dims: Dims, lengths: Tensor) -> float:
     decode = (lengths - 1).tolist()
     S = max(decode)
     total = 2 * _product(B, D, C, 2)  # init_h, init_c on the mean annotation
+    running = [sum(length > t for length in decode) for t in range(S)]  # b_t: captions still running
     if which == "visattn":
         total += _product(B * L, A, C, 2)  # keys, once per image
-        per_step = (_product(B, A, D, 3) + _product(B, L, A, 3) + _product(B, C, L, 2) + _product(B, C, D, 3)
-                    + _product(B, 4 * D, C + D, 3))
-        total += S * per_step + _product(B * S, 4 * D, E, 3) + _product(B * S, V, D, 3)
+        for b in running:
+            total += (_product(b, A, D, 3) + _product(b, L, A, 3) + _product(b, C, L, 2) + _product(b, C, D, 3)
+                      + _product(b, 4 * D, C + D, 3))
+        total += _product(sum(running), 4 * D, E, 3) + _product(sum(running), V, D, 3)
     else:
-        for t in range(S):
-            b = sum(length > t for length in decode)
+        for b in running:
             total += (_product(b * L, A, C, 2) + _product(b, A, D, 3) + _product(b, L, A, 3) + _product(b, C, L, 2)
                       + _product(b, C, D, 3) + _product(b, 4 * D, E + C + D, 3) + _product(b, V, D, 3))
     return total / 1e9

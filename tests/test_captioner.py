@@ -50,11 +50,15 @@ def test_shapes_invariants_and_every_parameter_learns(overrides):
     assert out["logits"].shape == (3, 5, len(VOCAB))
     assert out["attention"].shape == (3, 5, 4, 4)  # 16x16 images, two halvings -> 4x4 grid
     assert out["gate"].shape == (3, 5)
-    torch.testing.assert_close(out["attention"].sum(dim=(2, 3)), torch.ones(3, 5))
+    mask = out["mask"]
+    assert mask.tolist() == [[True] * 4 + [False], [True] * 2 + [False] * 3, [True] * 5]
+    # each real step's map sums to 1; padded steps are not computed and are exactly 0
+    torch.testing.assert_close(out["attention"].sum(dim=(2, 3)), mask.float())
+    assert bool((out["logits"][~mask] == 0).all()) and bool((out["gate"][~mask] == 0).all())
     assert bool((out["attention"] >= 0).all())
     assert bool(((out["gate"] >= 0) & (out["gate"] <= 1)).all())
     if overrides.get("attention") == "none":
-        torch.testing.assert_close(out["attention"], torch.full((3, 5, 4, 4), 1 / 16))
+        torch.testing.assert_close(out["attention"], mask[..., None, None] * torch.full((3, 5, 4, 4), 1 / 16))
     terms = model.loss(out, TOKENS)
     expected = {"loss", "loss_ce", "loss_attention_reg"}
     if overrides.get("attention_mode") == "hard":
@@ -65,6 +69,51 @@ def test_shapes_invariants_and_every_parameter_learns(overrides):
     terms["loss"].backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
     assert not missing, f"parameters without gradient: {missing}"
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(gate="channel", deep_output=False), dict(attention="multihead")],
+                         ids=["paper", "channel", "multihead"])
+def test_batch_that_drops_ended_captions_equals_one_caption_at_a_time(overrides):
+    # The forward sorts captions by length and runs each step on the captions still running; every output
+    # must equal a pass over that caption alone, with no padding at all.
+    model = tiny(**overrides).eval()
+    pixels = images()
+    out = model(pixels, tokens=TOKENS)
+    for row, length in enumerate(out["mask"].sum(dim=1).tolist()):
+        alone = model(pixels[row : row + 1], tokens=TOKENS[row : row + 1, : length + 1])
+        for name in ("logits", "attention", "gate"):
+            torch.testing.assert_close(out[name][row, :length], alone[name][0], atol=1e-5, rtol=1e-4)
+    # lengths given explicitly (on the CPU) plan the same pass
+    same = model(pixels, tokens=TOKENS, lengths=(TOKENS != 0).sum(dim=1))
+    torch.testing.assert_close(same["logits"], out["logits"])
+    # and the gradients of the summed cross entropy are the sums of the captions' gradients
+    def summed_ce(pixels, tokens):
+        outputs = model(pixels, tokens=tokens)
+        return model.loss(outputs, tokens)["loss_ce"] * outputs["mask"].sum()
+
+    model.zero_grad()
+    summed_ce(pixels, TOKENS).backward()
+    batched = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    for row, length in enumerate(out["mask"].sum(dim=1).tolist()):
+        summed_ce(pixels[row : row + 1], TOKENS[row : row + 1, : length + 1]).backward()
+    for name, grad in batched.items():
+        torch.testing.assert_close(grad, dict(model.named_parameters())[name].grad, atol=1e-5, rtol=1e-4)
+
+
+def test_gradients_reach_padded_rows_only_through_real_steps():
+    # A caption whose padding changes must get exactly the same loss and gradients.
+    model = tiny().eval()
+    padded = torch.cat([TOKENS, torch.zeros(3, 4, dtype=torch.long)], dim=1)
+    losses, grads = [], []
+    for tokens in (TOKENS, padded):
+        model.zero_grad()
+        loss = model.loss(model(images(), tokens=tokens), tokens)["loss"]
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(model.lstm_state.weight.grad.clone())
+    torch.testing.assert_close(losses[0], losses[1])
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_regulariser_matches_hand_computation():
@@ -164,7 +213,9 @@ def test_hard_attention_samples_and_updates_the_baseline():
     index, alpha = out["attention_index"], out["attention"].flatten(2)
     assert index.shape == (3, 5) and bool(((index >= 0) & (index < 16)).all())
     picked = alpha.gather(2, index.unsqueeze(-1)).squeeze(-1)  # probability of each sampled location
-    torch.testing.assert_close(out["attention_log_prob"], picked.log())
+    real = out["mask"]
+    torch.testing.assert_close(out["attention_log_prob"][real], picked[real].log())
+    assert bool((out["attention_log_prob"][~real] == 0).all())
     terms = model.loss(out, TOKENS)
     reward = -caption_ce(out).detach()  # log p(y | s, a) per caption
     first = reward.mean()

@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from visattn.attention import create_attention, list_attentions
+from visattn.attention import AttentionKeys, create_attention, list_attentions
 from visattn.encoders import EncoderConfig, create_encoder
 from visattn.heads.beam import Hypothesis, beam_search, check_decoding_args, expand_for_beams, greedy_search
+from visattn.heads.recurrence import StepLinear
 from visattn.models import register_model
 
 __all__ = ["Captioner", "CaptionerConfig"]
@@ -122,6 +123,57 @@ class CaptionerConfig:
                 raise ValueError(f"CaptionerConfig.{name}: expected a weight >= 0, got {getattr(self, name)!r}")
 
 
+def _cat(parts: list[Tensor], empty: Tensor) -> Tensor:
+    return torch.cat(parts) if parts else empty
+
+
+class _Packing:
+    """Where a batch's real decoding steps live, for a decoder that drops captions as they end.
+
+    The decoder runs on the batch sorted by decreasing length (``order``; None when it already is), so
+    step t runs the first ``running[t]`` rows. Its per-step outputs, concatenated, are *time-major*
+    (all rows of step 0, then step 1, ...). :meth:`gather` turns them into *batch-major* order of the
+    original rows (caption 0's steps, then caption 1's, ...), and :meth:`scatter` places those N real
+    steps into a zero-padded (B, T-1, ...) tensor. Everything is planned on the CPU from the lengths.
+    """
+
+    def __init__(self, decode: Tensor, steps: int, device: torch.device) -> None:
+        decode = decode.to(torch.long).clamp(0, steps)
+        batch = decode.shape[0]
+        order = torch.argsort(decode, descending=True, stable=True)
+        sorted_decode = decode[order]
+        longest = int(sorted_decode[0]) if batch else 0
+        time = torch.arange(steps)
+        self.running: list[int] = (sorted_decode.unsqueeze(0) > time[:longest].unsqueeze(1)).sum(dim=1).tolist()
+        mask = time.unsqueeze(0) < decode.unsqueeze(1)  # (B, T-1), original row order
+        position = torch.empty_like(order)
+        position[order] = torch.arange(batch)  # row r runs as sorted row position[r]
+        running = torch.tensor(self.running, dtype=torch.long)
+        offsets = running.cumsum(0) - running  # the first time-major row of each step
+        time_major = offsets.unsqueeze(0) + position.unsqueeze(1)  # (B, longest)
+        self.batch, self.steps = batch, steps
+        self.full = bool(mask.all())
+        self.order = None if bool((order == torch.arange(batch)).all()) else order.to(device)
+        self.mask = mask.to(device, non_blocking=True)
+        self._gather = time_major[mask[:, :longest]].to(device, non_blocking=True)
+        self.flat = (torch.arange(batch).unsqueeze(1) * steps + time)[mask].to(device, non_blocking=True)
+        # the real steps of the sorted (B·(T-1), ·) inputs, time-major: what step t reads is chunk t of running
+        sorted_mask = time.unsqueeze(0) < sorted_decode.unsqueeze(1)
+        sorted_flat = torch.arange(batch).unsqueeze(1) * steps + time
+        self.time_major = sorted_flat.t()[sorted_mask.t()].to(device, non_blocking=True)
+
+    def gather(self, time_major: Tensor) -> Tensor:
+        """(N, ...) rows of the steps in time-major sorted order -> batch-major original order."""
+        return time_major.index_select(0, self._gather)
+
+    def scatter(self, packed: Tensor) -> Tensor:
+        """(N, ...) batch-major real steps -> (B, T-1, ...) with zeros on padding."""
+        if self.full:
+            return packed.view(self.batch, self.steps, *packed.shape[1:])
+        full = packed.new_zeros(self.batch * self.steps, *packed.shape[1:])
+        return full.index_copy(0, self.flat, packed).view(self.batch, self.steps, *packed.shape[1:])
+
+
 @register_model("captioner", CaptionerConfig, task="caption")
 class Captioner(nn.Module):
     """Show, Attend and Tell captioner (module docstring). Built as ``Captioner(config)``."""
@@ -184,15 +236,16 @@ class Captioner(nn.Module):
         mean = features.mean(dim=1)  # (B, C)
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), mean
 
-    def _gated(self, context: Tensor, h: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _gated(self, context: Tensor, h: Tensor, gate: StepLinear | None = None) -> tuple[Tensor, Tensor | None]:
         """ẑ_t = β_t · z_t with β_t = σ(f_β(h_{t-1})): (B, C'), and β (B, 1) / (B, C') or None."""
         if self.gate is None:
             return context, None
-        beta = torch.sigmoid(self.gate(h))
+        beta = torch.sigmoid((gate or self.gate)(h))
         return beta * context, beta
 
-    def _lstm(self, word_gates: Tensor, z: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        gates = word_gates + self.lstm_state(torch.cat([z, h], dim=1))  # (B, 4D)
+    def _lstm(self, word_gates: Tensor, z: Tensor, h: Tensor, c: Tensor,
+              state: StepLinear | None = None) -> tuple[Tensor, Tensor]:
+        gates = word_gates + (state or self.lstm_state)(torch.cat([z, h], dim=1))  # (B, 4D)
         dim = h.shape[1]
         sig = torch.sigmoid(gates[:, : 3 * dim])  # input, forget, output
         c = sig[:, dim : 2 * dim] * c + sig[:, :dim] * torch.tanh(gates[:, 3 * dim :])
@@ -211,62 +264,84 @@ class Captioner(nn.Module):
                 features: Tensor | None = None, grid: tuple[int, int] | None = None) -> dict[str, Tensor]:
         """Teacher-forced pass: predict ``tokens[:, 1:]`` from ``tokens[:, :-1]``.
 
+        A caption leaves the batch when it ends: step t runs only the captions still running (the batch
+        is taken in order of decreasing length, as the paper's authors and the common tutorials do), and
+        the output layer runs only on real targets, so padding costs nothing.
+
         Args:
             images: (B, 3, H, W) in [0, 1]; or instead
             features: (B, L, C) annotations from :meth:`encode` (e.g. a feature cache), with
             grid: their (H', W'); inferred for square grids.
             tokens: (B, T) int64 ``<start> w_1 .. w_n <end> <pad> ...``.
-            lengths: (B,) real tokens per row, ``<start>`` and ``<end>`` included; default: non-pad count.
+            lengths: (B,) real tokens per row, ``<start>`` and ``<end>`` included; default: the non-pad
+                count (padding is at the end of a row). Lengths on the CPU spare a CUDA device a sync.
 
         Returns:
-            ``logits`` (B, T-1, V); ``attention`` (B, T-1, H', W'), each step's map sums to 1; ``gate``
-            (B, T-1) in [0, 1] (channel gate: its mean; no gate: 1); ``mask`` (B, T-1) bool, True on real
-            targets. Hard attention with a sampled batch adds ``attention_index``, ``attention_log_prob``
-            and ``attention_entropy`` (B, T-1).
+            ``logits`` (B, T-1, V); ``attention`` (B, T-1, H', W'), each real step's map sums to 1;
+            ``gate`` (B, T-1) in [0, 1] (channel gate: its mean; no gate: 1); ``mask`` (B, T-1) bool, True
+            on real targets; ``real_logits`` (N, V), the logits of the N real targets, which sit at
+            ``real_index`` (N,) of the flattened (B·(T-1)) steps (what :meth:`loss` reads: no work on
+            padding, and no host sync). Outputs at padded positions are 0
+            (they are not computed). Hard attention with a sampled batch adds ``attention_index``,
+            ``attention_log_prob`` and ``attention_entropy`` (B, T-1).
         """
         features, grid = self._annotations(images, features, grid)
         if tokens.dim() != 2 or tokens.shape[0] != features.shape[0] or tokens.shape[1] < 2:
             raise ValueError(f"Captioner: tokens must be (B={features.shape[0]}, T>=2), got {tuple(tokens.shape)}")
+        if lengths is not None and (lengths.dim() != 1 or lengths.shape[0] != tokens.shape[0]):
+            raise ValueError(f"Captioner: lengths must be (B={tokens.shape[0]},), got {tuple(lengths.shape)}")
         batch, num_locations = features.shape[:2]
         steps = tokens.shape[1] - 1
-        inputs = tokens[:, :-1]
         if lengths is None:
-            mask = tokens[:, 1:] != self.pad_id  # (B, T-1)
-        else:
-            mask = torch.arange(steps, device=tokens.device) < (lengths.to(tokens.device) - 1).unsqueeze(1)
+            lengths = (tokens != self.pad_id).sum(dim=1)
+        plan = _Packing(lengths.cpu() - 1, steps, tokens.device)
+        if plan.order is not None:  # sort by decreasing length: the running captions are the first rows
+            features, tokens = features.index_select(0, plan.order), tokens.index_select(0, plan.order)
+        inputs = tokens[:, :-1]
         h, c, mean = self._init_state(features)
         keys = self.attention.prepare(features) if self.attention is not None else None
-        embedded = self.embedding(inputs)  # (B, T-1, E)
-        word_gates = self.lstm_word(embedded)  # (B, T-1, 4D): one matmul for every step
+        # the real steps' inputs, time-major (N, ·); the embedding's share of the gates in one matmul
+        embedded = self.embedding(inputs.reshape(-1).index_select(0, plan.time_major))  # (N, E)
+        word_gates = self.lstm_word(embedded)  # (N, 4D)
         sampled = (self.config.attention_mode == "hard" and self.training
                    and bool(torch.rand(()) >= self.config.hard_expected_context_prob))
         scheduled = self.training and self.config.scheduled_sampling > 0
         hs, zs, alphas, betas, step_logits = [], [], [], [], []
         indices, log_probs, entropies = [], [], []
-        # unbind: one view per step whose backward is a single stack (indexing [:, t] would zero-fill
-        # and accumulate a full (B, T-1, ·) gradient at every step).
-        embedded_steps, word_gates_steps = embedded.unbind(1), word_gates.unbind(1)
-        for t in range(steps):
-            emb_t, gates_t = embedded_steps[t], word_gates_steps[t]
+        # split: one view per step whose backward is a single cat (indexing [:, t] would zero-fill and
+        # accumulate a full (B, T-1, ·) gradient at every step). The running rows' keys are sliced once
+        # per batch size, so their gradient is summed before each slice's backward runs.
+        embedded_steps, word_gates_steps = embedded.split(plan.running), word_gates.split(plan.running)
+        running_keys, running_mean = keys, mean
+        # the weights used at every step get their gradient in one product after the backward pass
+        state_linear = StepLinear(self.lstm_state)
+        gate_linear = StepLinear(self.gate) if self.gate is not None else None
+        for t, rows in enumerate(plan.running):
+            emb_t, gates_t = embedded_steps[t], word_gates_steps[t]  # (b_t, ·)
+            if rows < h.shape[0]:
+                h, c = h[:rows], c[:rows]
+                if keys is not None:
+                    running_keys = AttentionKeys(keys.keys[:rows], keys.values[:rows])
+                running_mean = mean[:rows]
             if scheduled and t > 0:
-                own = step_logits[-1].detach().argmax(dim=-1)  # (B,)
-                use_own = torch.rand(batch, device=tokens.device) < self.config.scheduled_sampling
-                emb_t = self.embedding(torch.where(use_own, own, inputs[:, t]))
+                own = step_logits[-1][:rows].detach().argmax(dim=-1)  # (b_t,)
+                use_own = torch.rand(rows, device=tokens.device) < self.config.scheduled_sampling
+                emb_t = self.embedding(torch.where(use_own, own, inputs[:rows, t]))
                 gates_t = self.lstm_word(emb_t)
             if keys is None:
-                context = mean
+                context = running_mean
             elif sampled:
-                sample = self.attention.sample(keys, h)
+                sample = self.attention.sample(running_keys, h)
                 context = sample.context
                 alphas.append(sample.weights)
                 indices.append(sample.index)
                 log_probs.append(sample.log_prob)
                 entropies.append(sample.entropy)
             else:
-                context, alpha = self.attention(keys, h)  # (B, C'), (B, L)
+                context, alpha = self.attention(running_keys, h)  # (b_t, C'), (b_t, L)
                 alphas.append(alpha)
-            z, beta = self._gated(context, h)
-            h, c = self._lstm(gates_t, z, h, c)
+            z, beta = self._gated(context, h, gate_linear)
+            h, c = self._lstm(gates_t, z, h, c, state_linear)
             hs.append(h)
             zs.append(z)
             if beta is not None:
@@ -274,19 +349,22 @@ class Captioner(nn.Module):
             if scheduled:
                 step_logits.append(self._logits(emb_t, h, z))
         if scheduled:
-            logits = torch.stack(step_logits, dim=1)  # (B, T-1, V)
-        else:
-            logits = self._logits(embedded, torch.stack(hs, dim=1), torch.stack(zs, dim=1))  # (B, T-1, V)
-        if alphas:
-            attention = torch.stack(alphas, dim=1)  # (B, T-1, L)
-        else:
+            logits = plan.gather(torch.cat(step_logits)) if step_logits else None
+        else:  # the output layer on the real targets only, in one matmul: (N, ·) -> (N, V)
+            hidden, contexts = plan.gather(_cat(hs, h[:0])), plan.gather(_cat(zs, h.new_zeros(0, self.context_dim)))
+            logits = self._logits(plan.gather(embedded), hidden, contexts)
+        real_logits = logits if logits is not None else features.new_zeros(0, self.out_vocab.out_features)
+        logits = plan.scatter(real_logits)
+        attention = plan.scatter(plan.gather(torch.cat(alphas))) if alphas else None
+        if attention is None:
             attention = features.new_full((1, 1, num_locations), 1.0 / num_locations).expand(batch, steps, -1)
-        gate = torch.stack(betas, dim=1) if betas else features.new_ones(1, 1).expand(batch, steps)
+            attention = attention * plan.mask.unsqueeze(-1)
+        gate = plan.scatter(plan.gather(torch.cat(betas))) if betas else plan.mask.to(features.dtype)
         outputs = {"logits": logits, "attention": attention.reshape(batch, steps, *grid), "gate": gate,
-                   "mask": mask}
+                   "mask": plan.mask, "real_logits": real_logits, "real_index": plan.flat}
         if sampled:
-            outputs.update(attention_index=torch.stack(indices, dim=1), attention_log_prob=torch.stack(log_probs, 1),
-                           attention_entropy=torch.stack(entropies, dim=1))
+            outputs.update({name: plan.scatter(plan.gather(torch.cat(parts))) for name, parts in (
+                ("attention_index", indices), ("attention_log_prob", log_probs), ("attention_entropy", entropies))})
         return outputs
 
     def loss(self, outputs: dict[str, Tensor], tokens: Tensor) -> dict[str, Tensor]:
@@ -310,9 +388,16 @@ class Captioner(nn.Module):
         targets = tokens[:, 1:]
         if targets.shape != (batch, steps):
             raise ValueError(f"Captioner.loss: tokens {tuple(tokens.shape)} do not match logits {tuple(logits.shape)}")
-        targets = targets.masked_fill(~mask, -100)
-        token_ce = F.cross_entropy(logits.reshape(-1, vocab_size).float(), targets.reshape(-1),
-                                   ignore_index=-100, reduction="none").view(batch, steps)  # 0 on pads
+        if "real_logits" in outputs:  # computed on the real targets only (no host sync: index, not mask)
+            index = outputs["real_index"]
+            real_ce = F.cross_entropy(outputs["real_logits"].float(), targets.reshape(-1).index_select(0, index),
+                                      reduction="none")  # (N,)
+            token_ce = real_ce.new_zeros(batch * steps).index_copy(0, index, real_ce).view(batch, steps)
+        else:
+            flat_logits = logits.reshape(-1, vocab_size).float()
+            flat_targets = targets.masked_fill(~mask, -100).reshape(-1)
+            token_ce = F.cross_entropy(flat_logits, flat_targets, ignore_index=-100, reduction="none")
+            token_ce = token_ce.view(batch, steps)  # 0 on pads
         num_targets = mask.sum().clamp_min(1)
         terms = {"loss_ce": token_ce.sum() / num_targets}
         zero = logits.new_zeros((), dtype=torch.float32)

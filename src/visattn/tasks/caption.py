@@ -58,8 +58,8 @@ def _inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 def _loss(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
     tokens = batch["tokens"].to(device, non_blocking=True)
-    lengths = batch["lengths"].to(device, non_blocking=True)
-    outputs = model(**_inputs(batch, device), tokens=tokens, lengths=lengths)
+    # lengths stay on the CPU: the captioner plans its shrinking batch from them without a device sync
+    outputs = model(**_inputs(batch, device), tokens=tokens, lengths=batch["lengths"])
     return _core(model).loss(outputs, tokens)
 
 
@@ -139,7 +139,7 @@ def evaluate_captioner(model: nn.Module, loader: DataLoader, device: torch.devic
                         best.attention[: len(words)].cpu(), words, batch["captions"][i], batch["alignment"][i], masks)
         if teacher_forced and scored:
             tokens = batch["tokens"]
-            outputs = model(**inputs, tokens=tokens.to(device), lengths=batch["lengths"].to(device))
+            outputs = model(**inputs, tokens=tokens.to(device), lengths=batch["lengths"])
             attention = outputs["attention"].float().cpu()  # (B, T-1, H', W'): step t emits word t
             for i, index in enumerate(batch["caption_index"]):
                 objects = teacher_forced_objects(batch["captions"][i][index], batch["alignment"][i][index],

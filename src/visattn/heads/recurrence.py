@@ -1,0 +1,91 @@
+"""A weight used at every step of a recurrence, with its gradient computed in one product.
+
+Autograd computes the gradient of ``y_t = x_t W^T`` at every step t of a recurrence as ``dW += g_t^T x_t``:
+T thin products (b rows each, b = the batch) that each read and write the whole (out, in) gradient. With
+b = 32 such a product streams the weight gradient through memory for 16 FLOP per byte, so it runs at the
+machine's memory bandwidth rather than its arithmetic peak. :class:`StepLinear` keeps each step's
+``(g_t, x_t)`` instead and computes ``dW = cat(g)^T cat(x)`` once, after the backward pass has gone through
+every step: one product over all Σ_t b_t rows (the same sum, up to floating-point rounding).
+
+    recurrent = StepLinear(self.lstm_state)        # once per forward pass
+    for t in range(steps):
+        gates = recurrent(torch.cat([z, h], dim=1))  # x_t W^T (+ bias)
+
+The input gradient ``g_t W`` is still computed at each step, as the recurrence needs it. Outside
+autograd (no_grad, or a frozen weight) :class:`StepLinear` is a plain ``F.linear``. Under autocast the
+products run in the autocast dtype, like ``F.linear``'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["StepLinear"]
+
+
+class _Steps:
+    """The (output gradient, input) pairs of one forward pass's steps, filled during backward."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[Tensor, Tensor]] = []
+
+
+class _SharedWeight(torch.autograd.Function):
+    """Identity on the weight; its backward runs after every step's and turns the pairs into dW."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, steps: _Steps) -> Tensor:
+        ctx.steps = steps
+        ctx.set_materialize_grads(False)
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor | None) -> tuple[Tensor | None, None]:
+        pairs, ctx.steps.pairs = ctx.steps.pairs, []
+        if not pairs:
+            return grad, None
+        outputs = torch.cat([g for g, _ in pairs])  # (Σ b_t, out)
+        inputs = torch.cat([x for _, x in pairs])  # (Σ b_t, in)
+        weight_grad = outputs.t().mm(inputs)
+        return (weight_grad if grad is None else grad + weight_grad), None
+
+
+class _StepProduct(torch.autograd.Function):
+    """``x W^T`` whose weight gradient is left to :class:`_SharedWeight`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, steps: _Steps) -> Tensor:
+        out = F.linear(x, weight)  # autocast, when on, casts both
+        ctx.save_for_backward(x, weight)
+        ctx.steps = steps
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
+        x, weight = ctx.saved_tensors
+        ctx.steps.pairs.append((grad, x.to(grad.dtype)))
+        grad_x = grad.mm(weight.to(grad.dtype)).to(x.dtype) if ctx.needs_input_grad[0] else None
+        return grad_x, None, None
+
+
+class StepLinear:
+    """``linear`` applied at every step of one forward pass, its weight gradient deferred (module docstring).
+
+    Build one per forward pass: it holds that pass's steps until the backward pass is over.
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        self.bias = linear.bias
+        self.deferred = torch.is_grad_enabled() and linear.weight.requires_grad
+        self.steps = _Steps()
+        self.weight = _SharedWeight.apply(linear.weight, self.steps) if self.deferred else linear.weight
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if not self.deferred:
+            return F.linear(x, self.weight, self.bias)
+        out = _StepProduct.apply(x, self.weight, self.steps)
+        return out if self.bias is None else out + self.bias.to(out.dtype)
