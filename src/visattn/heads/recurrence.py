@@ -13,7 +13,7 @@ every step: one product over all Σ_t b_t rows (the same sum, up to floating-poi
 
 The input gradient ``g_t W`` is still computed at each step, as the recurrence needs it. Outside
 autograd (no_grad, or a frozen weight) :class:`StepLinear` is a plain ``F.linear``. Under autocast the
-products run in the autocast dtype, like ``F.linear``'s.
+products run in the autocast dtype, like ``F.linear``'s, with the weight cast once per forward pass.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class _SharedWeight(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor | None) -> tuple[Tensor | None, None]:
-        pairs, ctx.steps.pairs = ctx.steps.pairs, []
+        pairs, ctx.steps.pairs = ctx.steps.pairs, []  # every step's backward has run
         if not pairs:
             return grad, None
         outputs = torch.cat([g for g, _ in pairs])  # (Σ b_t, out)
@@ -55,37 +55,59 @@ class _SharedWeight(torch.autograd.Function):
 
 
 class _StepProduct(torch.autograd.Function):
-    """``x W^T`` whose weight gradient is left to :class:`_SharedWeight`."""
+    """``x W^T`` whose weight gradient is left to :class:`_SharedWeight`.
+
+    With ``weight_t`` (a contiguous copy of W^T) both products run feature-major: ``(W x^T)^T`` and
+    ``(W^T g^T)^T``, which CPU BLAS libraries run up to 1.7x faster than ``x W^T`` and ``g W`` when x has
+    few rows (measured on the paper's LSTM: 187 vs 107 GFLOP/s at 32 rows, 2 threads).
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, steps: _Steps) -> Tensor:
-        out = F.linear(x, weight)  # autocast, when on, casts both
-        ctx.save_for_backward(x, weight)
+    def forward(ctx: Any, x: Tensor, weight: Tensor, weight_t: Tensor | None, steps: _Steps) -> Tensor:
+        x = x.to(weight.dtype)
+        out = F.linear(x, weight) if weight_t is None else weight.mm(x.t()).t().contiguous()
+        ctx.save_for_backward(x, weight, weight_t)
         ctx.steps = steps
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None]:
-        x, weight = ctx.saved_tensors
-        ctx.steps.pairs.append((grad, x.to(grad.dtype)))
-        grad_x = grad.mm(weight.to(grad.dtype)).to(x.dtype) if ctx.needs_input_grad[0] else None
-        return grad_x, None, None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+        x, weight, weight_t = ctx.saved_tensors
+        ctx.steps.pairs.append((grad, x))
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad.mm(weight) if weight_t is None else weight_t.mm(grad.t()).t().contiguous()
+        return grad_x, None, None, None
+
+
+#: Weights with at least this many elements use the feature-major products on CPUs (see _StepProduct).
+FEATURE_MAJOR_MIN_ELEMENTS = 1 << 20
 
 
 class StepLinear:
     """``linear`` applied at every step of one forward pass, its weight gradient deferred (module docstring).
 
-    Build one per forward pass: it holds that pass's steps until the backward pass is over.
+    Build one per forward pass: it holds that pass's steps until the backward pass is over. Under
+    autocast the weight is cast once here, not at every step.
     """
 
     def __init__(self, linear: nn.Linear) -> None:
-        self.bias = linear.bias
-        self.deferred = torch.is_grad_enabled() and linear.weight.requires_grad
+        weight, self.bias = linear.weight, linear.bias
+        self.deferred = torch.is_grad_enabled() and weight.requires_grad
+        self.weight, self.weight_t = weight, None
+        if not self.deferred:
+            return
+        device = weight.device.type
+        if torch.is_autocast_enabled(device):
+            weight = weight.to(torch.get_autocast_dtype(device))
+            self.bias = None if self.bias is None else self.bias.to(weight.dtype)
         self.steps = _Steps()
-        self.weight = _SharedWeight.apply(linear.weight, self.steps) if self.deferred else linear.weight
+        self.weight = _SharedWeight.apply(weight, self.steps)
+        if device == "cpu" and weight.numel() >= FEATURE_MAJOR_MIN_ELEMENTS:
+            self.weight_t = weight.detach().t().contiguous()
 
     def __call__(self, x: Tensor) -> Tensor:
         if not self.deferred:
             return F.linear(x, self.weight, self.bias)
-        out = _StepProduct.apply(x, self.weight, self.steps)
-        return out if self.bias is None else out + self.bias.to(out.dtype)
+        out = _StepProduct.apply(x, self.weight, self.weight_t, self.steps)
+        return out if self.bias is None else out + self.bias
