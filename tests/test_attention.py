@@ -249,3 +249,19 @@ def test_wrong_shapes_are_clear_errors():
         att(att.prepare(features), query[:, :3])
     with pytest.raises(ValueError, match="divisible"):
         create_attention("multihead", 8, 8, attention_dim=10, num_heads=3)
+
+
+@pytest.mark.parametrize("chunk", [1, 2 * L * 16, 10**9])
+def test_additive_inference_in_pieces_equals_one_piece(chunk, monkeypatch):
+    # Without autograd the additive score is built a few images at a time; any piece size gives the same.
+    import visattn.attention as attention_module
+
+    att = make("additive")
+    features, queries = inputs(q=2)
+    keys = att.prepare(features)
+    expected = att.scores(keys, queries).detach()
+    monkeypatch.setattr(attention_module, "INFERENCE_CHUNK_ELEMENTS", chunk)
+    with torch.no_grad():
+        torch.testing.assert_close(att.scores(keys, queries), expected)
+        context, weights = att(keys, queries)
+    torch.testing.assert_close(weights, expected.softmax(dim=-1))

@@ -88,6 +88,10 @@ class HardAttentionSample(NamedTuple):
     entropy: Tensor
 
 
+#: Without autograd, additive attention builds its (B, Q, L, A) tensor in pieces of at most this many elements.
+INFERENCE_CHUNK_ELEMENTS = 1 << 20
+
+
 def masked_softmax(logits: Tensor, mask: Tensor | None) -> Tensor:
     """Softmax over the last dimension with invalid locations set to exactly zero.
 
@@ -299,10 +303,22 @@ class AdditiveAttention(Attention):
         # gradients, but PyTorch's logistic function (and its backward) is ~6-13x faster than tanh on CPUs,
         # and this (B, Q, L, A) tensor is the largest of every decoding step.
         q = self.query_proj(query)  # (B, Q, A)
-        # (B, 1, L, A) + 2·(B, Q, 1, A) -> 2u (B, Q, L, A), fresh, so σ runs in place (autograd keeps σ's output)
-        hidden = torch.add(keys.keys.unsqueeze(1), q.unsqueeze(2), alpha=2.0).sigmoid_()
         weight, bias = self.score.weight, self.score.bias  # (1, A), (1,)
-        return F.linear(hidden, 2.0 * weight, bias - weight.sum(dim=1)).squeeze(-1).unsqueeze(1)  # (B, 1, Q, L)
+        weight, bias = 2.0 * weight, bias - weight.sum(dim=1)
+        batch, num_queries, width = q.shape
+        chunk = max(1, INFERENCE_CHUNK_ELEMENTS // max(1, num_queries * keys.keys.shape[1] * width))
+        if torch.is_grad_enabled() or chunk >= batch:
+            # (B, 1, L, A) + 2·(B, Q, 1, A) -> 2u (B, Q, L, A), fresh, so σ runs in place (autograd keeps σ's output)
+            hidden = torch.add(keys.keys.unsqueeze(1), q.unsqueeze(2), alpha=2.0).sigmoid_()
+            return F.linear(hidden, weight, bias).squeeze(-1).unsqueeze(1)  # (B, 1, Q, L)
+        # Without autograd (decoding: k beams are k queries), a few images at a time: the temporary stays
+        # small enough to be reused from cache instead of mapping fresh memory at every step (3x faster).
+        scores = q.new_empty(batch, num_queries, keys.keys.shape[1])
+        for start in range(0, batch, chunk):
+            part = slice(start, start + chunk)
+            hidden = torch.add(keys.keys[part].unsqueeze(1), q[part].unsqueeze(2), alpha=2.0).sigmoid_()
+            scores[part] = F.linear(hidden, weight, bias).squeeze(-1)
+        return scores.unsqueeze(1)  # (B, 1, Q, L)
 
 
 @register_attention("dot")
