@@ -28,7 +28,8 @@ from typing import Any, Callable
 import torch
 
 __all__ = ["configure", "device_info", "synchronize", "time_alternating", "summarise", "matmul_peak_gflops",
-           "peak_memory", "memory_child_main", "current_rss_mib", "max_rss_mib", "TORCH_DTYPES"]
+           "product_gflops", "memory_bandwidth_gbs", "peak_memory", "memory_child_main", "current_rss_mib",
+           "max_rss_mib", "TORCH_DTYPES"]
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 BENCH_DIR = Path(__file__).resolve().parent
@@ -120,6 +121,27 @@ def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, *, size: int = 
     work = lambda: [torch.matmul(a, b, out=out) for _ in range(calls)]  # noqa: E731
     seconds = time_alternating({"matmul": work}, repeats=repeats, warmup=2, device=device)["matmul"]
     return 2.0 * size**3 * calls / statistics.median(seconds) / 1e9
+
+
+def product_gflops(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, *, repeats: int = 9) -> float:
+    """GFLOP/s of an (m, k) @ (k, n) product, as one recurrence step runs it: the faster of ``a @ b`` and
+    its feature-major form ``(b^T a^T)^T`` (BLAS libraries differ on which suits few rows)."""
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
+    b_t = b.t().contiguous()
+    calls = 20  # short products: time several
+    forms = {"rows": lambda: [torch.matmul(a, b) for _ in range(calls)],
+             "features": lambda: [torch.matmul(b_t, a.t()).t().contiguous() for _ in range(calls)]}
+    seconds = time_alternating(forms, repeats=repeats, warmup=2, device=device)
+    return 2.0 * m * k * n * calls / min(statistics.median(s) for s in seconds.values()) / 1e9
+
+
+def memory_bandwidth_gbs(device: torch.device, *, mib: int = 256, repeats: int = 5) -> float:
+    """GB/s of a large copy (bytes read + bytes written), the rate element-wise work cannot beat."""
+    source = torch.ones(mib * 2**20 // 4, device=device)
+    target = torch.empty_like(source)
+    seconds = time_alternating({"copy": lambda: target.copy_(source)}, repeats=repeats, warmup=2, device=device)
+    return 2.0 * source.numel() * 4 / statistics.median(seconds["copy"]) / 1e9
 
 
 def current_rss_mib() -> float:

@@ -220,6 +220,61 @@ def train_gflop(which: str, dims: Dims, lengths: Tensor) -> float:
     return total / 1e9
 
 
+def _product_shape(name: str, shapes: list[list[int]]) -> tuple[int, int, int] | None:
+    """(m, k, n) of an aten matrix product from the profiler's input shapes, or None."""
+    try:
+        if name == "aten::mm":
+            (m, k), (_, n) = shapes[0], shapes[1]
+        elif name == "aten::addmm":
+            (m, k), (_, n) = shapes[1], shapes[2]
+        elif name == "aten::bmm":
+            (_, m, k), (_, _, n) = shapes[0], shapes[1]
+        else:
+            return None
+    except (IndexError, ValueError):
+        return None
+    return m, k, n
+
+
+def profile_step(step: Callable[[], Tensor], batch_size: int) -> dict[str, Any]:
+    """Where one training step's time goes: self CPU milliseconds by kind of work (torch.profiler).
+
+    - ``large_products``: matrix products whose every side exceeds the batch (keys, output layer,
+      gradients gathered over all steps): these run near the matmul peak;
+    - ``recurrence_products``: products with at most ``batch_size`` rows or columns, one per decoding
+      step (the LSTM, gate and query projections and their input gradients): their weights stream
+      through memory for a few rows each;
+    - ``attention_matvec``: batched products with a side of 1 (the context Σ α·a and its gradient, the
+      score vector): memory-bound reads of the annotations;
+    - ``optimizer``; ``other``: element-wise work, copies, reductions, indexing, softmax.
+
+    The profiler's own overhead inflates the small operations, so the total exceeds a timed step.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    totals = {"large_products": 0.0, "recurrence_products": 0.0, "attention_matvec": 0.0, "optimizer": 0.0,
+              "other": 0.0}
+    for event in prof.key_averages(group_by_input_shape=True):
+        milliseconds = event.self_cpu_time_total / 1e3
+        shape = _product_shape(event.key, event.input_shapes)
+        if "adam" in event.key.lower():
+            kind = "optimizer"
+        elif shape is None:
+            kind = "other"
+        elif min(shape) == 1 or event.key == "aten::bmm":
+            kind = "attention_matvec"
+        elif min(shape[0], shape[2]) <= batch_size:
+            kind = "recurrence_products"
+        else:
+            kind = "large_products"
+        totals[kind] += milliseconds
+    report = {name: round(value, 1) for name, value in totals.items()}
+    report["total"] = round(sum(totals.values()), 1)
+    return {"milliseconds": report}
+
+
 def memory_workload(which: str, dims: dict[str, int], dtype: str, device: str, seed: int,
                     equal_lengths: bool = False) -> Callable[[], Tensor]:
     """Entry point of the peak-memory child process (see ``_timing.peak_memory``)."""
@@ -228,10 +283,13 @@ def memory_workload(which: str, dims: dict[str, int], dtype: str, device: str, s
 
 def run(dims: Dims, *, dtype: str = "fp32", steps: int = 5, warmup: int = 2, device: str = "cpu",
         threads: int | None = None, seed: int = 0, memory: bool = True, peak_size: int = 2048,
-        equal_lengths: bool = False) -> dict[str, Any]:
+        equal_lengths: bool = False, profile: bool = False) -> dict[str, Any]:
     """Measure both implementations side by side; returns the JSON-able report (module docstring).
 
-    ``peak_size`` is the side of the square matmul that measures the peak.
+    ``peak_size`` is the side of the square matmul that measures the peak. The report also measures
+    what bounds a recurrence besides the peak: ``recurrence_product_gflops`` (one LSTM step's product,
+    batch rows × (C + D) × 4D, in the same dtype and threads) and ``memory_bandwidth_gbs`` (a large
+    copy). ``profile`` adds visattn's step broken down by kind of work (:func:`profile_step`).
     """
     if dtype not in ("fp32", "bf16"):
         raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")
@@ -257,6 +315,10 @@ def run(dims: Dims, *, dtype: str = "fp32", steps: int = 5, warmup: int = 2, dev
     report: dict[str, Any] = {"benchmark": "caption-train", **_timing.device_info(chosen), "dims": asdict(dims),
                               "equal_lengths": equal_lengths, "dtype": dtype, "steps": steps, "warmup": warmup,
                               "tokens_per_step": tokens_per_step, "peak_gflops": peaks[dtype]}
+    report["recurrence_product_gflops"] = {
+        kind: _timing.product_gflops(dims.batch_size, dims.encoder_dim + dims.decoder_dim, 4 * dims.decoder_dim,
+                                     _timing.TORCH_DTYPES[kind], chosen) for kind in sorted({"fp32", dtype})}
+    report["memory_bandwidth_gbs"] = _timing.memory_bandwidth_gbs(chosen)
     for name, (which, kind) in kinds.items():
         seconds = _timing.summarise(times[name])
         gflop = train_gflop(which, dims, lengths)
@@ -272,6 +334,8 @@ def run(dims: Dims, *, dtype: str = "fp32", steps: int = 5, warmup: int = 2, dev
                 {"which": which, "dims": asdict(dims), "dtype": kind, "device": device, "seed": seed,
                  "equal_lengths": equal_lengths},
                 device=chosen, run=steppers[name])
+        if profile and chosen.type == "cpu":
+            entry["profile"] = profile_step(steppers[name], dims.batch_size)
         report[name] = entry
     reference = report["reference"]["seconds_per_step"]
     report["speedup"] = reference / report["visattn"]["seconds_per_step"]
@@ -294,13 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--equal-lengths", action="store_true",
                         help="every caption of the batch has --max-len tokens (the paper's batching)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--profile", action="store_true",
+                        help="add each implementation's step broken down by kind of work (torch.profiler, CPU)")
     parser.add_argument("--json", action="store_true", help="print only the JSON report")
     args = parser.parse_args(argv)
     try:
         dims = Dims(**{name: getattr(args, name) for name in asdict(Dims())})
         report = run(dims, dtype=args.dtype, steps=args.steps, warmup=args.warmup, device=args.device,
                      threads=args.threads, seed=args.seed, memory=not args.no_memory, peak_size=args.peak_size,
-                     equal_lengths=args.equal_lengths)
+                     equal_lengths=args.equal_lengths, profile=args.profile)
     except ValueError as err:
         print(f"caption-train: error: {err}", file=sys.stderr)
         return 2
