@@ -61,6 +61,33 @@ def _train(run_dir: Path, batch_size: int) -> dict:
     return fit(_model(), "classifier", classification_task(), Squares(NUM_TRAIN, 0), Squares(12, 1), config, run_dir)
 
 
+CAPTION_VOCAB = ["<pad>", "<start>", "<end>", "<unk>", "a", "b", "c"]
+
+
+class Strokes(Squares):
+    """Squares with captions of 1-4 words (the class word repeated): ranks hold different token counts."""
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        words = [CAPTION_VOCAB[4 + item["label"]]] * (1 + (i * 7) % 4)
+        tokens = torch.tensor([1] + [CAPTION_VOCAB.index(w) for w in words] + [2])
+        return {"image": item["image"], "tokens": tokens, "captions": [words], "caption_index": 0, "image_id": i}
+
+
+def _train_captioner(run_dir: Path, batch_size: int) -> dict:
+    from visattn.heads.captioner import CaptionerConfig
+    from visattn.tasks.caption import caption_task
+
+    torch.manual_seed(0)
+    config = CaptionerConfig(encoder=EncoderConfig(width=8, depth=2, num_downsample=1, norm="group"),
+                             vocab=CAPTION_VOCAB, attention_dim=8, decoder_dim=16, embed_dim=8, dropout=0.0,
+                             image_size=16, max_len=6)
+    train = TrainConfig(epochs=2, batch_size=batch_size, lr=5e-3, device="cpu", progress=False, seed=7,
+                        warmup_steps=2)
+    return fit(build_model("captioner", config), "captioner", caption_task(), Strokes(NUM_TRAIN, 0), None, train,
+               run_dir)
+
+
 def _worker(run_dir: Path) -> None:
     """Run under torchrun: train, and log every checkpoint write of this rank to writes-rank<r>.json."""
     import visattn.engine as engine
@@ -80,10 +107,13 @@ def _worker(run_dir: Path) -> None:
     poisoned.noise[first] = float("nan")
     config = TrainConfig(epochs=1, batch_size=PER_RANK_BATCH, device="cpu", progress=False, seed=7)
     stopped = fit(_model(), "classifier", classification_task(), poisoned, None, config, run_dir / "nan")["stopped"]
+    classifier_writes = list(writes)
+    captioner = _train_captioner(run_dir / "caption", PER_RANK_BATCH)
     rank = dist.rank()
     (run_dir / f"writes-rank{rank}.json").write_text(json.dumps(
-        {"writes": writes, "world_size": dist.world_size(), "stopped": stopped,
-         "losses": [record["train_loss"] for record in result["history"]]}))
+        {"writes": classifier_writes, "world_size": dist.world_size(), "stopped": stopped,
+         "losses": [record["train_loss"] for record in result["history"]],
+         "caption_losses": [record["train_loss"] for record in captioner["history"]]}))
     dist.cleanup()
 
 
@@ -118,6 +148,13 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
         single_out = load(tmp_path / "single" / "last.safetensors")(images)
     torch.testing.assert_close(ddp_out["logits"], single_out["logits"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ddp_out["attention"], single_out["attention"], rtol=1e-4, atol=1e-5)
+    # Captions of different lengths: each rank holds a different number of target tokens, and the loss is
+    # still the per-token mean over the global batch (each rank divides by the global count / world size).
+    single_captioner = _train_captioner(tmp_path / "single_caption", PER_RANK_BATCH * WORLD_SIZE)
+    single_caption_losses = [record["train_loss"] for record in single_captioner["history"]]
+    for r in ranks:
+        assert r["caption_losses"] == pytest.approx(single_caption_losses, abs=1e-4)
+    assert single_caption_losses[-1] < single_caption_losses[0]
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["init_from_env", "is_distributed", "rank", "world_size", "is_main", "barrier", "gather_objects",
-           "broadcast_object", "all_reduce_mean", "all_ranks_true", "cleanup"]
+           "broadcast_object", "all_reduce_mean", "all_reduce_sum", "all_ranks_true", "cleanup"]
 
 
 def init_from_env(device: torch.device) -> bool:
@@ -83,6 +83,15 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     out = tensor.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / world_size()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of a tensor over ranks (on a copy; no gradient). No host sync: the result stays on the device."""
+    if not is_distributed():
+        return tensor.detach()
+    out = tensor.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
 
 
 def all_ranks_true(flag: torch.Tensor) -> bool:

@@ -7,12 +7,15 @@
     logits_t = L_o(dropout(tanh(E y_{t-1} + L_h h_t + L_z ẑ_t)))          (deep output, eq. 7; the tanh
                                                                             is the authors' released code)
 
-Speed (docs/design.md): the image-only attention term is computed once per image; every step runs the
-whole batch (finished captions are masked in the loss, never dropped from the batch); the embedding's
-share of the LSTM gates is one matmul over all steps before the loop; the loop keeps only h_t and ẑ_t,
-and the deep output and the vocabulary projection run once on (B·T, ·) after it. Nothing in the loop
-reads a value back to the host. With scheduled sampling the next input depends on this step's logits,
-so the output layer then runs inside the loop.
+Speed (docs/design.md): the image-only attention term is computed once per image. The batch runs in
+order of decreasing caption length, so step t runs only the first b_t rows, the captions still running
+(planned once per batch on the CPU from the lengths: no padding is computed, and nothing in the loop reads
+a value back to the host). The embedding's share of the LSTM gates is one matmul over all real steps
+before the loop; the loop keeps only h_t and ẑ_t, and the deep output and the vocabulary projection run
+once on the N real targets after it. The weights used at every step (LSTM state, gate) get their
+gradients in one product after the backward pass (:class:`~visattn.heads.recurrence.StepLinear`). With
+scheduled sampling the next input depends on this step's logits, so the output layer then runs inside
+the loop.
 
 Hard attention (§4.1) samples one location per step (REINFORCE with a moving-average baseline and an
 entropy bonus); with probability ``hard_expected_context_prob`` a training batch uses the expected
@@ -367,10 +370,13 @@ class Captioner(nn.Module):
                 ("attention_index", indices), ("attention_log_prob", log_probs), ("attention_entropy", entropies))})
         return outputs
 
-    def loss(self, outputs: dict[str, Tensor], tokens: Tensor) -> dict[str, Tensor]:
+    def loss(self, outputs: dict[str, Tensor], tokens: Tensor, *,
+             num_targets: Tensor | float | None = None) -> dict[str, Tensor]:
         """Training objective from :meth:`forward`'s outputs.
 
-        With N real target tokens in the batch (``mask``):
+        With N real target tokens in the batch (``mask``; or ``num_targets`` when given: data-parallel
+        training passes the count over all ranks divided by the world size, so that the averaged gradient
+        is the gradient of the per-token mean over the global batch, whatever each rank's share of tokens):
 
         - ``loss_ce``: cross entropy averaged over the N real targets (pads ignored).
         - ``loss_attention_reg``: ``alpha_c · mean_b Σ_i (1 − Σ_t α_bti)²``: the sum over steps runs over
@@ -398,7 +404,8 @@ class Captioner(nn.Module):
             flat_targets = targets.masked_fill(~mask, -100).reshape(-1)
             token_ce = F.cross_entropy(flat_logits, flat_targets, ignore_index=-100, reduction="none")
             token_ce = token_ce.view(batch, steps)  # 0 on pads
-        num_targets = mask.sum().clamp_min(1)
+        if num_targets is None:
+            num_targets = mask.sum().clamp_min(1)
         terms = {"loss_ce": token_ce.sum() / num_targets}
         zero = logits.new_zeros((), dtype=torch.float32)
         if self.attention is not None and self.config.alpha_c > 0:
