@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-classify test bench clean
+.PHONY: demo demo-classify test bench bench-quality clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,19 @@ demo-classify: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Speed, side by side with the textbook reference in the same run; JSON lines on stdout (about 10 minutes).
 bench: $(STAMP)
+	$(BIN)/visattn bench caption-train --json
+	$(BIN)/visattn bench caption-train --dtype bf16 --json
+	$(BIN)/visattn bench beam --json
+	$(BIN)/visattn bench cache --json
+	$(BIN)/visattn bench data --json
+
+# Model quality against the baselines (long: about an hour on 2 cores).
+bench-quality: $(STAMP)
 	$(BIN)/python benchmarks/classify.py
+	$(BIN)/python benchmarks/caption_quality.py
+	$(BIN)/python benchmarks/detect_quality.py
 
 clean:
 	rm -rf runs .pytest_cache
