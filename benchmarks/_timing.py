@@ -112,7 +112,8 @@ def summarise(seconds: list[float]) -> dict[str, float]:
 def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, *, size: int = 2048, repeats: int = 5) -> float:
     """GFLOP/s of a square ``size`` matmul in ``dtype`` on ``device`` (the same threads as the benchmark).
 
-    The median of ``repeats`` timings after a warm-up; 2·size³ floating-point operations per product.
+    The fastest of ``repeats`` timings after a warm-up (a peak is what the machine can do; a disturbance
+    only slows a run down); 2·size³ floating-point operations per product.
     """
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
@@ -120,12 +121,13 @@ def matmul_peak_gflops(dtype: torch.dtype, device: torch.device, *, size: int = 
     calls = 10 if device.type == "cuda" else 1  # one product is too short to time on a GPU
     work = lambda: [torch.matmul(a, b, out=out) for _ in range(calls)]  # noqa: E731
     seconds = time_alternating({"matmul": work}, repeats=repeats, warmup=2, device=device)["matmul"]
-    return 2.0 * size**3 * calls / statistics.median(seconds) / 1e9
+    return 2.0 * size**3 * calls / min(seconds) / 1e9
 
 
 def product_gflops(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, *, repeats: int = 9) -> float:
     """GFLOP/s of an (m, k) @ (k, n) product, as one recurrence step runs it: the faster of ``a @ b`` and
-    its feature-major form ``(b^T a^T)^T`` (BLAS libraries differ on which suits few rows)."""
+    its feature-major form ``(b^T a^T)^T`` (BLAS libraries differ on which suits few rows), best of
+    ``repeats``."""
     a = torch.randn(m, k, device=device).to(dtype)
     b = torch.randn(k, n, device=device).to(dtype)
     b_t = b.t().contiguous()
@@ -133,15 +135,16 @@ def product_gflops(m: int, k: int, n: int, dtype: torch.dtype, device: torch.dev
     forms = {"rows": lambda: [torch.matmul(a, b) for _ in range(calls)],
              "features": lambda: [torch.matmul(b_t, a.t()).t().contiguous() for _ in range(calls)]}
     seconds = time_alternating(forms, repeats=repeats, warmup=2, device=device)
-    return 2.0 * m * k * n * calls / min(statistics.median(s) for s in seconds.values()) / 1e9
+    return 2.0 * m * k * n * calls / min(min(s) for s in seconds.values()) / 1e9
 
 
 def memory_bandwidth_gbs(device: torch.device, *, mib: int = 256, repeats: int = 5) -> float:
-    """GB/s of a large copy (bytes read + bytes written), the rate element-wise work cannot beat."""
+    """GB/s of a large copy (bytes read + bytes written; the fastest of ``repeats``): the rate that
+    element-wise work over tensors larger than the caches cannot beat."""
     source = torch.ones(mib * 2**20 // 4, device=device)
     target = torch.empty_like(source)
     seconds = time_alternating({"copy": lambda: target.copy_(source)}, repeats=repeats, warmup=2, device=device)
-    return 2.0 * source.numel() * 4 / statistics.median(seconds["copy"]) / 1e9
+    return 2.0 * source.numel() * 4 / min(seconds["copy"]) / 1e9
 
 
 def current_rss_mib() -> float:

@@ -174,7 +174,7 @@ class _Packing:
         if self.full:
             return packed.view(self.batch, self.steps, *packed.shape[1:])
         full = packed.new_zeros(self.batch * self.steps, *packed.shape[1:])
-        return full.index_copy(0, self.flat, packed).view(self.batch, self.steps, *packed.shape[1:])
+        return full.index_copy_(0, self.flat, packed).view(self.batch, self.steps, *packed.shape[1:])
 
 
 @register_model("captioner", CaptionerConfig, task="caption")
