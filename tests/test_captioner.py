@@ -368,3 +368,26 @@ def test_save_load_round_trip(tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     ha, hb = model.generate(images(), beam_size=2, max_len=5), loaded.generate(images(), beam_size=2, max_len=5)
     assert [h[0].tokens for h in ha] == [h[0].tokens for h in hb]
+
+
+def test_bf16_autocast_trains_like_fp32():
+    # What `visattn train --dtype bf16` runs on a CPU: fp32 weights, bf16 products (the per-step weights are
+    # cast once per pass by StepLinear); gradients land on the fp32 parameters and follow fp32's.
+    model = tiny(gate="channel").train()
+    pixels = images()
+    model.zero_grad()
+    model.loss(model(pixels, tokens=TOKENS), TOKENS)["loss"].backward()
+    fp32_grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(pixels, tokens=TOKENS)
+        terms = model.loss(out, TOKENS)
+    assert out["real_logits"].dtype == torch.bfloat16 and terms["loss"].dtype == torch.float32
+    terms["loss"].backward()
+    for name, grad in fp32_grads.items():
+        low = dict(model.named_parameters())[name].grad
+        assert low.dtype == torch.float32, name
+        if float(grad.norm()) < 1e-6:  # the score's bias: its gradient is zero up to rounding (softmax shift)
+            continue
+        cosine = torch.nn.functional.cosine_similarity(low.flatten(), grad.flatten(), dim=0)
+        assert float(cosine) > 0.95, (name, float(cosine))  # bf16 rounding; a wrong gradient is far off
