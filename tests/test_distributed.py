@@ -1,4 +1,5 @@
-"""DDP through torchrun: two CPU processes (gloo) train exactly like one process with the same global batch.
+"""DDP through torchrun: two CPU processes (gloo) train exactly like one process with the same global batch
+(the classifier, the captioner and the detector).
 
 This file is also the worker script: ``torchrun ... tests/test_distributed.py --worker RUN_DIR`` trains the
 tiny classifier below with the engine and records, per rank, every checkpoint it writes.
@@ -88,6 +89,36 @@ def _train_captioner(run_dir: Path, batch_size: int) -> dict:
                run_dir)
 
 
+class Boxes(Squares):
+    """Squares as detection samples; every third image has a second square below: ranks hold different
+    numbers of objects."""
+
+    def __getitem__(self, i: int) -> dict:
+        item = super().__getitem__(i)
+        image, boxes, labels = item["image"], [item["boxes"][0].tolist()], [int(self.labels[i])]
+        if i % 3 == 0:
+            second = (labels[0] + 1) % 3
+            x = 2 + 4 * second
+            image[:, 11:15, x : x + 4] = 1.0
+            boxes.append([x, 11, x + 4, 15])
+            labels.append(second)
+        return {"image": image, "boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels),
+                "image_id": i}
+
+
+def _train_detector(run_dir: Path, batch_size: int) -> dict:
+    from visattn.heads.detector import DetectorConfig
+    from visattn.tasks.detect import detection_task
+
+    torch.manual_seed(0)
+    config = DetectorConfig(encoder=EncoderConfig(width=8, depth=2, num_downsample=1, norm="group"), num_classes=3,
+                            num_queries=4, hidden_dim=16, num_heads=2, num_layers=2, ffn_dim=32, image_size=16)
+    train = TrainConfig(epochs=2, batch_size=batch_size, lr=2e-3, device="cpu", progress=False, seed=7,
+                        warmup_steps=2)
+    return fit(build_model("detector", config), "detector", detection_task(3), Boxes(NUM_TRAIN, 0), None, train,
+               run_dir)
+
+
 def _worker(run_dir: Path) -> None:
     """Run under torchrun: train, and log every checkpoint write of this rank to writes-rank<r>.json."""
     import visattn.engine as engine
@@ -109,11 +140,13 @@ def _worker(run_dir: Path) -> None:
     stopped = fit(_model(), "classifier", classification_task(), poisoned, None, config, run_dir / "nan")["stopped"]
     classifier_writes = list(writes)
     captioner = _train_captioner(run_dir / "caption", PER_RANK_BATCH)
+    detector = _train_detector(run_dir / "detect", PER_RANK_BATCH)
     rank = dist.rank()
     (run_dir / f"writes-rank{rank}.json").write_text(json.dumps(
         {"writes": classifier_writes, "world_size": dist.world_size(), "stopped": stopped,
          "losses": [record["train_loss"] for record in result["history"]],
-         "caption_losses": [record["train_loss"] for record in captioner["history"]]}))
+         "caption_losses": [record["train_loss"] for record in captioner["history"]],
+         "detect_losses": [record["train_loss"] for record in detector["history"]]}))
     dist.cleanup()
 
 
@@ -155,6 +188,12 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     for r in ranks:
         assert r["caption_losses"] == pytest.approx(single_caption_losses, abs=1e-4)
     assert single_caption_losses[-1] < single_caption_losses[0]
+    # Detection: different numbers of objects per rank; boxes and class weights are counted over all ranks.
+    single_detector = _train_detector(tmp_path / "single_detect", PER_RANK_BATCH * WORLD_SIZE)
+    single_detect_losses = [record["train_loss"] for record in single_detector["history"]]
+    for r in ranks:
+        assert r["detect_losses"] == pytest.approx(single_detect_losses, abs=1e-4)
+    assert single_detect_losses[-1] < single_detect_losses[0]
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":

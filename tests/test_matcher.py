@@ -187,6 +187,26 @@ def test_no_object_class_is_down_weighted():
     assert not torch.isclose(low, high)
 
 
+def test_class_term_is_the_weighted_mean_and_counts_can_come_from_all_ranks():
+    criterion = SetCriterion(4, eos_coef=0.1)
+    outputs, targets = random_outputs(2, 6, 4), random_targets([2, 3], 4)
+    losses = criterion(outputs, targets)
+    # Hand-made: the matched queries target their labels, all others "no object" (class 4).
+    matches = criterion.matcher(outputs, targets)
+    classes = torch.full((2, 6), 4)
+    for b, (queries, objects) in enumerate(matches):
+        classes[b, queries] = targets[b]["labels"][objects]
+    weight = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.1])
+    expected = torch.nn.functional.cross_entropy(outputs["pred_logits"].transpose(1, 2), classes, weight=weight)
+    torch.testing.assert_close(losses["loss_ce"], expected)
+    # Data-parallel training divides by the counts over all ranks / world size: doubled counts halve the terms.
+    doubled = criterion(outputs, targets, reduce_counts=lambda counts: 2 * counts)
+    for name in ("loss_ce", "loss_bbox", "loss_giou"):
+        torch.testing.assert_close(doubled[name], losses[name] / 2)
+    same = criterion(outputs, targets, reduce_counts=lambda counts: counts)
+    torch.testing.assert_close(same["loss"], losses["loss"])
+
+
 def test_criterion_rejects_bad_labels_and_widths():
     with pytest.raises(ValueError, match="outside"):
         SetCriterion(3)(random_outputs(1, 4, 3), [{"labels": torch.tensor([3]), "boxes": torch.rand(1, 4)}])

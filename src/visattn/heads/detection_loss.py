@@ -9,14 +9,17 @@ After Hungarian matching, every query has a target class: its matched object's l
 * ``loss_giou``: ``1 - GIoU`` of the same pairs;
 
 the box terms summed over matched pairs and divided by the number of target boxes in the batch (at least 1,
-so an image without objects gives zero box loss rather than a division by zero). With auxiliary outputs the same
-terms are computed for every earlier decoder layer, with its own matching, as ``loss_ce_0``, ``loss_bbox_0``,
-... The total under ``"loss"`` is the ``weight_dict``-weighted sum.
+so an image without objects gives zero box loss rather than a division by zero), the class term a weighted
+mean over every query (each query weighs its target class's weight). Data-parallel training passes
+``reduce_counts``, which turns this rank's two counts (boxes, summed class weights) into the counts over all
+ranks divided by the world size: the averaged gradient is then the one process's on the global batch.
+With auxiliary outputs the same terms are computed for every earlier decoder layer, with its own matching,
+as ``loss_ce_0``, ``loss_bbox_0``, ... The total under ``"loss"`` is the ``weight_dict``-weighted sum.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +85,8 @@ class SetCriterion(nn.Module):
         class_weight[-1] = eos_coef
         self.register_buffer("class_weight", class_weight, persistent=False)
 
-    def _terms(self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]], num_boxes: float) -> dict:
+    def _terms(self, outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]], num_boxes: Tensor,
+               class_weight_total: Tensor) -> dict:
         """``loss_ce``, ``loss_bbox``, ``loss_giou`` for one set of outputs (final or auxiliary)."""
         logits, pred_boxes = outputs["pred_logits"], outputs["pred_boxes"]
         if logits.shape[-1] != self.num_classes + 1:
@@ -97,11 +101,13 @@ class SetCriterion(nn.Module):
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
         matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, matches)]).to(logits.device)
         target_classes[batch_idx, query_idx] = matched_labels  # (B, Q): label or no-object
+        # the weighted mean Σ w_y·ℓ / Σ w_y, its denominator counted before matching (see forward)
         loss_ce = F.cross_entropy(
             logits.float().transpose(1, 2),  # (B, K+1, Q): cross_entropy wants classes in dim 1
             target_classes,
             weight=self.class_weight.to(logits.device),
-        )
+            reduction="sum",
+        ) / class_weight_total
 
         src_boxes = pred_boxes[batch_idx, query_idx].float()  # (M, 4)
         tgt_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, matches)]).to(src_boxes)  # (M, 4)
@@ -110,13 +116,16 @@ class SetCriterion(nn.Module):
         loss_giou = (1.0 - giou).sum() / num_boxes
         return {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
 
-    def forward(self, outputs: dict, targets: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+    def forward(self, outputs: dict, targets: Sequence[dict[str, Tensor]], *,
+                reduce_counts: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
         """Compute every named term and the weighted total.
 
         Args:
             outputs: the detector's output dict: ``pred_logits`` (B, Q, K+1), ``pred_boxes`` (B, Q, 4)
                 normalised cxcywh, optionally ``aux_outputs`` (list of dicts with the same two keys).
             targets: per image ``labels`` (N_b,) int64 in ``[0, K)`` and ``boxes`` (N_b, 4) normalised cxcywh.
+            reduce_counts: maps this batch's (2,) counts (target boxes, summed class weights of the queries'
+                targets) to the ones to divide by; data-parallel training gives the mean over ranks.
 
         Returns:
             ``loss`` (the weighted total) and the unweighted terms ``loss_ce``, ``loss_bbox``, ``loss_giou``,
@@ -128,12 +137,22 @@ class SetCriterion(nn.Module):
                 raise ValueError(
                     f"image {b} of the batch has labels outside [0, {self.num_classes}): {labels.tolist()}"
                 )
-        num_boxes = max(float(sum(len(t["labels"]) for t in targets)), 1.0)
+        batch, num_queries = outputs["pred_logits"].shape[:2]
+        num_boxes = sum(len(t["labels"]) for t in targets)
+        # Every layer's matching pairs min(Q, N_b) queries of image b with objects (weight 1 each); the
+        # other queries target "no object" (weight eos_coef). Known before matching, so one count serves all.
+        matched = sum(min(num_queries, len(t["labels"])) for t in targets)
+        weight_total = matched + (batch * num_queries - matched) * self.eos_coef
+        counts = torch.tensor([num_boxes, weight_total], dtype=torch.float32)
+        counts = counts.to(outputs["pred_logits"].device, non_blocking=True)
+        if reduce_counts is not None:
+            counts = reduce_counts(counts)
+        box_count, class_weight_total = counts[0].clamp_min(1.0), counts[1].clamp_min(1e-6)
         layers = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
         losses: dict[str, Tensor] = {}
         total = torch.zeros((), device=outputs["pred_logits"].device)
         for suffix, layer_outputs in layers:
-            for name, value in self._terms(layer_outputs, targets, num_boxes).items():
+            for name, value in self._terms(layer_outputs, targets, box_count, class_weight_total).items():
                 losses[name + suffix] = value
                 total = total + self.weight_dict[name] * value
         return {"loss": total, **losses}
