@@ -26,6 +26,7 @@ EPOCHS = 3
 PER_RANK_BATCH = 4
 WORLD_SIZE = 2
 NUM_TRAIN = 48  # a multiple of the global batch: no sample is padded in by the DistributedSampler
+NUM_VAL = 13  # odd: the ranks' evaluation shards differ in length
 
 
 class Squares(Dataset):
@@ -59,7 +60,8 @@ def _model():
 def _train(run_dir: Path, batch_size: int) -> dict:
     config = TrainConfig(epochs=EPOCHS, batch_size=batch_size, lr=5e-3, device="cpu", progress=False, seed=7,
                          warmup_steps=2)
-    return fit(_model(), "classifier", classification_task(), Squares(NUM_TRAIN, 0), Squares(12, 1), config, run_dir)
+    return fit(_model(), "classifier", classification_task(), Squares(NUM_TRAIN, 0), Squares(NUM_VAL, 1), config,
+               run_dir)
 
 
 CAPTION_VOCAB = ["<pad>", "<start>", "<end>", "<unk>", "a", "b", "c"]
@@ -72,10 +74,11 @@ class Strokes(Squares):
         item = super().__getitem__(i)
         words = [CAPTION_VOCAB[4 + item["label"]]] * (1 + (i * 7) % 4)
         tokens = torch.tensor([1] + [CAPTION_VOCAB.index(w) for w in words] + [2])
-        return {"image": item["image"], "tokens": tokens, "captions": [words], "caption_index": 0, "image_id": i}
+        return {"image": item["image"], "tokens": tokens, "captions": [" ".join(words)], "caption_index": 0,
+                "image_id": i}
 
 
-def _train_captioner(run_dir: Path, batch_size: int) -> dict:
+def _train_captioner(run_dir: Path, batch_size: int) -> tuple[dict, torch.nn.Module]:
     from visattn.heads.captioner import CaptionerConfig
     from visattn.tasks.caption import caption_task
 
@@ -85,8 +88,8 @@ def _train_captioner(run_dir: Path, batch_size: int) -> dict:
                              image_size=16, max_len=6)
     train = TrainConfig(epochs=2, batch_size=batch_size, lr=5e-3, device="cpu", progress=False, seed=7,
                         warmup_steps=2)
-    return fit(build_model("captioner", config), "captioner", caption_task(), Strokes(NUM_TRAIN, 0), None, train,
-               run_dir)
+    model = build_model("captioner", config)
+    return fit(model, "captioner", caption_task(), Strokes(NUM_TRAIN, 0), Strokes(NUM_VAL, 1), train, run_dir), model
 
 
 class Boxes(Squares):
@@ -106,7 +109,7 @@ class Boxes(Squares):
                 "image_id": i}
 
 
-def _train_detector(run_dir: Path, batch_size: int) -> dict:
+def _train_detector(run_dir: Path, batch_size: int) -> tuple[dict, torch.nn.Module]:
     from visattn.heads.detector import DetectorConfig
     from visattn.tasks.detect import detection_task
 
@@ -115,8 +118,18 @@ def _train_detector(run_dir: Path, batch_size: int) -> dict:
                             num_queries=4, hidden_dim=16, num_heads=2, num_layers=2, ffn_dim=32, image_size=16)
     train = TrainConfig(epochs=2, batch_size=batch_size, lr=2e-3, device="cpu", progress=False, seed=7,
                         warmup_steps=2)
-    return fit(build_model("detector", config), "detector", detection_task(3), Boxes(NUM_TRAIN, 0), None, train,
-               run_dir)
+    model = build_model("detector", config)
+    return fit(model, "detector", detection_task(3), Boxes(NUM_TRAIN, 0), Boxes(NUM_VAL, 1), train, run_dir), model
+
+
+def _evaluate_both_ways(model: torch.nn.Module, task, dataset) -> dict:
+    """The task's metrics over the whole dataset in this process, and gathered from each rank's shard."""
+    from torch.utils.data import DataLoader
+
+    whole = DataLoader(dataset, batch_size=4, collate_fn=task.collate)
+    shard = DataLoader(dataset, batch_size=4, collate_fn=task.collate, sampler=dist.ShardSampler(len(dataset)))
+    device = torch.device("cpu")
+    return {"whole": task.evaluate(model, whole, device), "sharded": task.evaluate(model, shard, device)}
 
 
 def _worker(run_dir: Path) -> None:
@@ -139,14 +152,24 @@ def _worker(run_dir: Path) -> None:
     config = TrainConfig(epochs=1, batch_size=PER_RANK_BATCH, device="cpu", progress=False, seed=7)
     stopped = fit(_model(), "classifier", classification_task(), poisoned, None, config, run_dir / "nan")["stopped"]
     classifier_writes = list(writes)
-    captioner = _train_captioner(run_dir / "caption", PER_RANK_BATCH)
-    detector = _train_detector(run_dir / "detect", PER_RANK_BATCH)
+    captioner, caption_model = _train_captioner(run_dir / "caption", PER_RANK_BATCH)
+    detector, detect_model = _train_detector(run_dir / "detect", PER_RANK_BATCH)
+    from visattn.tasks.caption import caption_task
+    from visattn.tasks.detect import detection_task
+
+    evaluations = {"classify": _evaluate_both_ways(load(run_dir / "last.safetensors"), classification_task(),
+                                                   Squares(NUM_VAL, 1)),
+                   "caption": _evaluate_both_ways(caption_model, caption_task(), Strokes(NUM_VAL, 1)),
+                   "detect": _evaluate_both_ways(detect_model, detection_task(3), Boxes(NUM_VAL, 1))}
     rank = dist.rank()
     (run_dir / f"writes-rank{rank}.json").write_text(json.dumps(
         {"writes": classifier_writes, "world_size": dist.world_size(), "stopped": stopped,
          "losses": [record["train_loss"] for record in result["history"]],
          "caption_losses": [record["train_loss"] for record in captioner["history"]],
-         "detect_losses": [record["train_loss"] for record in detector["history"]]}))
+         "detect_losses": [record["train_loss"] for record in detector["history"]],
+         "evaluations": evaluations,
+         "val_metrics": {name: [{k: v for k, v in record.items() if k.startswith("val_")} for record in run["history"]]
+                         for name, run in (("classify", result), ("caption", captioner), ("detect", detector))}}))
     dist.cleanup()
 
 
@@ -184,16 +207,28 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     # Captions of different lengths: each rank holds a different number of target tokens, and the loss is
     # still the per-token mean over the global batch (each rank divides by the global count / world size).
     single_captioner = _train_captioner(tmp_path / "single_caption", PER_RANK_BATCH * WORLD_SIZE)
-    single_caption_losses = [record["train_loss"] for record in single_captioner["history"]]
+    single_caption_losses = [record["train_loss"] for record in single_captioner[0]["history"]]
     for r in ranks:
         assert r["caption_losses"] == pytest.approx(single_caption_losses, abs=1e-4)
     assert single_caption_losses[-1] < single_caption_losses[0]
     # Detection: different numbers of objects per rank; boxes and class weights are counted over all ranks.
     single_detector = _train_detector(tmp_path / "single_detect", PER_RANK_BATCH * WORLD_SIZE)
-    single_detect_losses = [record["train_loss"] for record in single_detector["history"]]
+    single_detect_losses = [record["train_loss"] for record in single_detector[0]["history"]]
     for r in ranks:
         assert r["detect_losses"] == pytest.approx(single_detect_losses, abs=1e-4)
     assert single_detect_losses[-1] < single_detect_losses[0]
+    # Evaluation: every rank scores its shard (7 and 6 of 13 items); gathered before scoring, the numbers are
+    # those of one process reading everything, and every rank reports the same.
+    for r in ranks:
+        for task_name, both in r["evaluations"].items():
+            assert set(both["sharded"]) == set(both["whole"]), task_name
+            for key, value in both["whole"].items():
+                # (float32 sums over batches of other compositions: equal to rounding)
+                assert both["sharded"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), (task_name, key)
+    assert ranks[0]["val_metrics"] == ranks[1]["val_metrics"]
+    assert ranks[0]["evaluations"]["classify"]["whole"]["accuracy"] > 0.4  # trained: chance is 1/3
+    assert "val_CIDEr-D" in ranks[0]["val_metrics"]["caption"][-1]
+    assert "val_map" in ranks[0]["val_metrics"]["detect"][-1]
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":

@@ -6,13 +6,17 @@ Everything here is a no-op in a single process, so the engine calls it unconditi
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import Sampler
+
+T = TypeVar("T")
 
 __all__ = ["init_from_env", "is_distributed", "rank", "world_size", "is_main", "barrier", "gather_objects",
-           "broadcast_object", "all_reduce_mean", "all_reduce_sum", "all_ranks_true", "cleanup"]
+           "broadcast_object", "all_reduce_mean", "all_reduce_sum", "all_ranks_true", "cleanup", "ShardSampler",
+           "is_sharded", "gather_shards", "merge_shards"]
 
 
 def init_from_env(device: torch.device) -> bool:
@@ -65,6 +69,55 @@ def gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+class ShardSampler(Sampler[int]):
+    """This rank's share of a dataset for evaluation: items rank, rank + W, rank + 2W, ... (W = world size).
+
+    Nothing is repeated or padded (unlike ``DistributedSampler``), so every item is evaluated exactly once;
+    shards differ in length by at most one. :func:`gather_shards` puts the ranks' per-item results back in
+    dataset order, :func:`merge_shards` adds up their accumulators.
+    """
+
+    def __init__(self, length: int) -> None:
+        self.length, self.rank, self.world = length, rank(), world_size()
+
+    def __iter__(self):
+        return iter(range(self.rank, self.length, self.world))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world))
+
+
+def is_sharded(loader: Any) -> bool:
+    """True when ``loader`` reads this rank's :class:`ShardSampler` share in a distributed run."""
+    return is_distributed() and isinstance(getattr(loader, "sampler", None), ShardSampler)
+
+
+def gather_shards(items: list[T], loader: Any) -> list[T]:
+    """Per-item results of ``loader``, in its order -> every item's result in dataset order, on every rank.
+
+    Unchanged when the loader is not sharded. Rank r's j-th item is item j·W + r of the dataset.
+    """
+    if not is_sharded(loader):
+        return items
+    parts = gather_objects(items)
+    merged: list[T] = []
+    for j in range(max(len(part) for part in parts)):
+        merged.extend(part[j] for part in parts if j < len(part))
+    return merged
+
+
+def merge_shards(value: T, loader: Any, merge: Callable[[T, T], T]) -> T:
+    """An accumulator over ``loader`` -> the ranks' accumulators combined with ``merge`` (unchanged when
+    the loader is not sharded)."""
+    if not is_sharded(loader):
+        return value
+    parts = gather_objects(value)
+    combined = parts[0]
+    for part in parts[1:]:
+        combined = merge(combined, part)
+    return combined
 
 
 def broadcast_object(obj: Any, src: int = 0) -> Any:

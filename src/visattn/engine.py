@@ -7,8 +7,8 @@ picks the best checkpoint); the engine does the rest:
 
 writes ``runs/x/metrics.jsonl`` (one JSON line per epoch), ``runs/x/curves.png``,
 ``runs/x/best.safetensors`` and ``runs/x/last.safetensors`` (with optimizer and RNG state for
-``resume``). Under torchrun each process trains on its shard of every epoch; rank 0 alone evaluates,
-logs, draws and writes.
+``resume``). Under torchrun each process trains on its shard of every epoch and (for tasks that gather,
+``TaskSpec.sharded_eval``) evaluates its share of the validation set; rank 0 alone logs, draws and writes.
 """
 
 from __future__ import annotations
@@ -83,6 +83,9 @@ class TaskSpec:
         monitor: the metric of ``evaluate`` that selects the best checkpoint and drives early stopping.
         mode: "max" or "min" for ``monitor``.
         param_groups: optional ``(model, cfg) -> list of optimizer param groups`` (e.g. encoder lr).
+        sharded_eval: ``evaluate`` gathers results across ranks itself (with
+            :func:`visattn.distributed.gather_shards` / ``merge_shards``): under torchrun every rank then
+            evaluates its share of the validation set. False: rank 0 evaluates all of it.
     """
 
     name: str
@@ -93,6 +96,7 @@ class TaskSpec:
     mode: str = "max"
     param_groups: Callable[[nn.Module, TrainConfig], list[dict]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    sharded_eval: bool = False
 
 
 class NonFiniteLossError(RuntimeError):
@@ -146,9 +150,14 @@ def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
 
 def make_loader(dataset: Dataset, task: TaskSpec, cfg: TrainConfig, *, train: bool, device: torch.device) -> DataLoader:
-    """A loader whose order depends only on (seed, epoch): exact resume, and shards under torchrun."""
-    sampler = DistributedSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
-                                 seed=cfg.seed, drop_last=False) if train else None
+    """A loader whose order depends only on (seed, epoch): exact resume, and shards under torchrun
+    (evaluation: this rank's :class:`~visattn.distributed.ShardSampler` share when the task gathers)."""
+    sampler = None
+    if train:
+        sampler = DistributedSampler(dataset, num_replicas=dist.world_size(), rank=dist.rank(), shuffle=True,
+                                     seed=cfg.seed, drop_last=False)
+    elif dist.is_distributed() and task.sharded_eval:
+        sampler = dist.ShardSampler(len(dataset))
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, shuffle=False, collate_fn=task.collate,
                       num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                       persistent_workers=cfg.num_workers > 0)
@@ -320,8 +329,11 @@ def fit(model: nn.Module, model_name: str, task: TaskSpec, train_set: Dataset, v
         record: dict[str, Any] = {"epoch": epoch + 1, "step": step, **stats}
         improved = False
         if val_loader is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            metrics = evaluate(model, val_loader, task, device) if dist.is_main() else {}
-            metrics = dist.broadcast_object(metrics)
+            if task.sharded_eval or not distributed:  # every rank its share; the task gathers before scoring
+                metrics = evaluate(model, val_loader, task, device)
+            else:
+                metrics = evaluate(model, val_loader, task, device) if dist.is_main() else {}
+            metrics = dist.broadcast_object(metrics)  # rank 0's numbers, bit for bit, on every rank
             if task.monitor not in metrics:
                 raise KeyError(f"task {task.name!r} evaluation returned no {task.monitor!r}: {sorted(metrics)}")
             record.update({f"val_{k}": v for k, v in metrics.items()})

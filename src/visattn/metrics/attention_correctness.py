@@ -122,6 +122,13 @@ class AttentionCorrectness:
         """Score a generated caption: words tied to objects through the references (module docstring)."""
         self.update_aligned(attention, align_words(words, captions, alignment), masks)
 
+    def merge(self, other: AttentionCorrectness) -> AttentionCorrectness:
+        """Both meters' sums in this one (e.g. the shares of several processes); returns self."""
+        self.mass += other.mass
+        self.uniform += other.uniform
+        self.count += other.count
+        return self
+
     def compute(self) -> dict[str, float]:
         n = max(self.count, 1)
         return {"attention_correctness": self.mass / n, "uniform_correctness": self.uniform / n,

@@ -80,6 +80,14 @@ class LocalisationMeter:
         self.uniform += float(box_area_fraction(boxes, size).sum())
         self.count += len(maps)
 
+    def merge(self, other: LocalisationMeter) -> LocalisationMeter:
+        """Both meters' sums in this one (e.g. the shares of several processes); returns self."""
+        self.hits += other.hits
+        self.energy += other.energy
+        self.uniform += other.uniform
+        self.count += other.count
+        return self
+
     def compute(self) -> dict[str, float]:
         n = max(self.count, 1)
         return {"pointing_game": self.hits / n, "energy_in_box": self.energy / n, "uniform_energy": self.uniform / n}

@@ -123,21 +123,16 @@ def evaluate_captioner(model: nn.Module, loader: DataLoader, device: torch.devic
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     model.eval()
     vocab = Vocabulary.from_list(_core(model).config.vocab)
-    candidates: dict[Any, str] = {}
-    references: dict[Any, list[str]] = {}
+    decoded: list[tuple[Any, str, list[str]]] = []  # per image: (id, best caption, references)
     meters: dict[str, AttentionCorrectness] = {}  # "<region>" and "<region>_tf" -> meter
     for batch in loader:
         inputs = _inputs(batch, device)
         hypotheses = model.generate(**inputs, beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
         scored = batch.get("masks") is not None and batch.get("alignment") is not None
         for i, image_id in enumerate(batch["image_ids"]):
-            key = image_id if image_id is not None else f"#{len(candidates)}"
-            if key in candidates:
-                raise ValueError(f"evaluation data holds image id {key!r} twice; ids must be unique")
             best = hypotheses[i][0]
             words = hypothesis_words(best.tokens, vocab)
-            candidates[key] = _caption_text(words)
-            references[key] = list(batch["captions"][i])
+            decoded.append((image_id, _caption_text(words), list(batch["captions"][i])))
             if scored and words:
                 for region, masks in _regions(batch, i).items():
                     meters.setdefault(region, AttentionCorrectness()).update_generated(
@@ -153,6 +148,16 @@ def evaluate_captioner(model: nn.Module, loader: DataLoader, device: torch.devic
                     for region, masks in _regions(batch, i).items():
                         meters.setdefault(f"{region}_tf", AttentionCorrectness()).update_aligned(
                             attention[i], objects, masks)
+    # under torchrun with a sharded loader: every rank's captions, in dataset order, and the summed meters
+    decoded = dist.gather_shards(decoded, loader)
+    meters = dist.merge_shards(meters, loader, _merge_meters)
+    candidates: dict[Any, str] = {}
+    references: dict[Any, list[str]] = {}
+    for position, (image_id, caption, refs) in enumerate(decoded):
+        key = image_id if image_id is not None else f"#{position}"
+        if key in candidates:
+            raise ValueError(f"evaluation data holds image id {key!r} twice; ids must be unique")
+        candidates[key], references[key] = caption, refs
     if not candidates:
         raise ValueError("evaluate_captioner: the loader yielded no images")
     metrics = caption_scores(candidates, references)
@@ -164,6 +169,13 @@ def evaluate_captioner(model: nn.Module, loader: DataLoader, device: torch.devic
                 continue  # the same words as for the masks
             metrics[f"{name}{region}{tail}"] = value
     return metrics
+
+
+def _merge_meters(a: dict[str, AttentionCorrectness],
+                  b: dict[str, AttentionCorrectness]) -> dict[str, AttentionCorrectness]:
+    for name, meter in b.items():
+        a[name] = a[name].merge(meter) if name in a else meter
+    return a
 
 
 def _param_groups(encoder_lr: float | None):
@@ -193,7 +205,7 @@ def caption_task(*, beam_size: int = 3, max_len: int | None = None, length_penal
                                   length_penalty=length_penalty)
 
     return TaskSpec(name="caption", collate=collate, loss=_loss, evaluate=evaluate, monitor="CIDEr-D", mode="max",
-                    param_groups=_param_groups(encoder_lr))
+                    param_groups=_param_groups(encoder_lr), sharded_eval=True)
 
 
 def check_vocabulary(model_vocab: Sequence[str], data_vocab: Vocabulary, what: str) -> None:

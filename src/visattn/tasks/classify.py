@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from visattn import distributed as dist
 from visattn.data.scenes import SceneConfig, SceneDataset
 from visattn.engine import TaskSpec, TrainConfig, fit
 from visattn.heads.classifier import ClassifierConfig
@@ -115,6 +116,10 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.devi
             total += len(labels)
             if batch["boxes"] is not None:
                 meter.update(out["attention"], batch["boxes"], tuple(images.shape[-2:]))
+    # under torchrun with a sharded loader: the sums over every rank's share (see engine.TaskSpec.sharded_eval)
+    correct, correct_k, total = dist.merge_shards((correct, correct_k, total), loader,
+                                                  lambda a, b: tuple(x + y for x, y in zip(a, b)))
+    meter = dist.merge_shards(meter, loader, LocalisationMeter.merge)
     metrics = {"accuracy": correct / max(total, 1), "error": 1 - correct / max(total, 1),
                f"top{topk}_accuracy": correct_k / max(total, 1)}
     if meter.count:
@@ -126,7 +131,7 @@ def classification_task(*, topk: int = 5) -> TaskSpec:
     """The engine's view of classification: cross entropy, best checkpoint by validation accuracy."""
     return TaskSpec(name="classify", collate=collate, loss=_loss,
                     evaluate=lambda model, loader, device: evaluate_classifier(model, loader, device, topk=topk),
-                    monitor="accuracy", mode="max")
+                    monitor="accuracy", mode="max", sharded_eval=True)
 
 
 def train_classifier(model_config: ClassifierConfig, data: ClassifyData, train_config: TrainConfig,

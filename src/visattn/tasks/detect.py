@@ -148,6 +148,8 @@ def evaluate_detector(model: nn.Module, loader: DataLoader, device: torch.device
         targets += [{"boxes": b, "labels": lab, "crowd_boxes": cb, "crowd_labels": cl} for b, lab, cb, cl in
                     zip(batch["boxes"], batch["labels"], batch["crowd_boxes"], batch["crowd_labels"])]
         sizes += batch["image_sizes"]
+    # under torchrun with a sharded loader: every rank's images, in dataset order, before scoring
+    predictions, targets, sizes = (dist.gather_shards(items, loader) for items in (predictions, targets, sizes))
     metrics = coco_map(predictions, targets, model.config.class_names, category_ids=category_ids)
     confident = [{k: v[p["scores"] >= 0.5] for k, v in p.items()} for p in predictions]
     metrics.update(attention_localization(confident, targets, sizes))
@@ -172,7 +174,7 @@ def detection_task(num_classes: int, *, eos_coef: float = 0.1, loss_ce: float = 
     return TaskSpec(name="detect", collate=collate, loss=loss,
                     evaluate=lambda model, loader, device: evaluate_detector(model, loader, device,
                                                                              category_ids=category_ids),
-                    monitor="map", mode="max")
+                    monitor="map", mode="max", sharded_eval=True)
 
 
 def train_detector(model_config: DetectorConfig, data: DetectData, train_config: TrainConfig, run_dir: str | Path,
