@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from visattn.attention import AttentionKeys, create_attention, list_attentions
 from visattn.encoders import EncoderConfig, create_encoder
 from visattn.heads.beam import Hypothesis, beam_search, check_decoding_args, expand_for_beams, greedy_search
-from visattn.heads.recurrence import StepLinear
+from visattn.heads.recurrence import RunningBatch, StepLinear
 from visattn.models import register_model
 
 __all__ = ["Captioner", "CaptionerConfig"]
@@ -124,57 +124,6 @@ class CaptionerConfig:
         for name in ("alpha_c", "hard_reinforce", "hard_entropy"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"CaptionerConfig.{name}: expected a weight >= 0, got {getattr(self, name)!r}")
-
-
-def _cat(parts: list[Tensor], empty: Tensor) -> Tensor:
-    return torch.cat(parts) if parts else empty
-
-
-class _Packing:
-    """Where a batch's real decoding steps live, for a decoder that drops captions as they end.
-
-    The decoder runs on the batch sorted by decreasing length (``order``; None when it already is), so
-    step t runs the first ``running[t]`` rows. Its per-step outputs, concatenated, are *time-major*
-    (all rows of step 0, then step 1, ...). :meth:`gather` turns them into *batch-major* order of the
-    original rows (caption 0's steps, then caption 1's, ...), and :meth:`scatter` places those N real
-    steps into a zero-padded (B, T-1, ...) tensor. Everything is planned on the CPU from the lengths.
-    """
-
-    def __init__(self, decode: Tensor, steps: int, device: torch.device) -> None:
-        decode = decode.to(torch.long).clamp(0, steps)
-        batch = decode.shape[0]
-        order = torch.argsort(decode, descending=True, stable=True)
-        sorted_decode = decode[order]
-        longest = int(sorted_decode[0]) if batch else 0
-        time = torch.arange(steps)
-        self.running: list[int] = (sorted_decode.unsqueeze(0) > time[:longest].unsqueeze(1)).sum(dim=1).tolist()
-        mask = time.unsqueeze(0) < decode.unsqueeze(1)  # (B, T-1), original row order
-        position = torch.empty_like(order)
-        position[order] = torch.arange(batch)  # row r runs as sorted row position[r]
-        running = torch.tensor(self.running, dtype=torch.long)
-        offsets = running.cumsum(0) - running  # the first time-major row of each step
-        time_major = offsets.unsqueeze(0) + position.unsqueeze(1)  # (B, longest)
-        self.batch, self.steps = batch, steps
-        self.full = bool(mask.all())
-        self.order = None if bool((order == torch.arange(batch)).all()) else order.to(device)
-        self.mask = mask.to(device, non_blocking=True)
-        self._gather = time_major[mask[:, :longest]].to(device, non_blocking=True)
-        self.flat = (torch.arange(batch).unsqueeze(1) * steps + time)[mask].to(device, non_blocking=True)
-        # the real steps of the sorted (B·(T-1), ·) inputs, time-major: what step t reads is chunk t of running
-        sorted_mask = time.unsqueeze(0) < sorted_decode.unsqueeze(1)
-        sorted_flat = torch.arange(batch).unsqueeze(1) * steps + time
-        self.time_major = sorted_flat.t()[sorted_mask.t()].to(device, non_blocking=True)
-
-    def gather(self, time_major: Tensor) -> Tensor:
-        """(N, ...) rows of the steps in time-major sorted order -> batch-major original order."""
-        return time_major.index_select(0, self._gather)
-
-    def scatter(self, packed: Tensor) -> Tensor:
-        """(N, ...) batch-major real steps -> (B, T-1, ...) with zeros on padding."""
-        if self.full:
-            return packed.view(self.batch, self.steps, *packed.shape[1:])
-        full = packed.new_zeros(self.batch * self.steps, *packed.shape[1:])
-        return full.index_copy_(0, self.flat, packed).view(self.batch, self.steps, *packed.shape[1:])
 
 
 @register_model("captioner", CaptionerConfig, task="caption")
@@ -297,7 +246,7 @@ class Captioner(nn.Module):
         steps = tokens.shape[1] - 1
         if lengths is None:
             lengths = (tokens != self.pad_id).sum(dim=1)
-        plan = _Packing(lengths.cpu() - 1, steps, tokens.device)
+        plan = RunningBatch(lengths.cpu() - 1, steps, tokens.device)
         if plan.order is not None:  # sort by decreasing length: the running captions are the first rows
             features, tokens = features.index_select(0, plan.order), tokens.index_select(0, plan.order)
         inputs = tokens[:, :-1]
@@ -354,7 +303,8 @@ class Captioner(nn.Module):
         if scheduled:
             logits = plan.gather(torch.cat(step_logits)) if step_logits else None
         else:  # the output layer on the real targets only, in one matmul: (N, ·) -> (N, V)
-            hidden, contexts = plan.gather(_cat(hs, h[:0])), plan.gather(_cat(zs, h.new_zeros(0, self.context_dim)))
+            hidden = plan.gather(torch.cat(hs) if hs else h[:0])
+            contexts = plan.gather(torch.cat(zs) if zs else h.new_zeros(0, self.context_dim))
             logits = self._logits(plan.gather(embedded), hidden, contexts)
         real_logits = logits if logits is not None else features.new_zeros(0, self.out_vocab.out_features)
         logits = plan.scatter(real_logits)

@@ -1,4 +1,9 @@
-"""A weight used at every step of a recurrence, with its gradient computed in one product.
+"""Tools of a recurrence that is fast on any batch: the running-batch plan and per-step weights.
+
+:class:`RunningBatch` plans a batch of sequences of different lengths so that step t runs only the
+sequences still running (no work on padding), and maps the per-step outputs back to (B, T, ...).
+
+:class:`StepLinear` is a weight used at every step of a recurrence, with its gradient computed in one product.
 
 Autograd computes the gradient of ``y_t = x_t W^T`` at every step t of a recurrence as ``dW += g_t^T x_t``:
 T thin products (b rows each, b = the batch) that each read and write the whole (out, in) gradient. With
@@ -24,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["StepLinear"]
+__all__ = ["RunningBatch", "StepLinear"]
 
 
 class _Steps:
@@ -111,3 +116,51 @@ class StepLinear:
             return F.linear(x, self.weight, self.bias)
         out = _StepProduct.apply(x, self.weight, self.weight_t, self.steps)
         return out if self.bias is None else out + self.bias
+
+
+class RunningBatch:
+    """Where a batch's real steps live, for a recurrence that drops sequences as they end.
+
+    The recurrence runs on the batch sorted by decreasing length (``order``; None when it already is), so
+    step t runs the first ``running[t]`` rows. ``decode`` holds each sequence's number of steps (on the CPU:
+    the plan needs no device sync); ``steps`` is the padded length T-1. Its per-step outputs, concatenated, are *time-major*
+    (all rows of step 0, then step 1, ...). :meth:`gather` turns them into *batch-major* order of the
+    original rows (caption 0's steps, then caption 1's, ...), and :meth:`scatter` places those N real
+    steps into a zero-padded (B, T-1, ...) tensor. Everything is planned on the CPU from the lengths.
+    """
+
+    def __init__(self, decode: Tensor, steps: int, device: torch.device) -> None:
+        decode = decode.to(torch.long).clamp(0, steps)
+        batch = decode.shape[0]
+        order = torch.argsort(decode, descending=True, stable=True)
+        sorted_decode = decode[order]
+        longest = int(sorted_decode[0]) if batch else 0
+        time = torch.arange(steps)
+        self.running: list[int] = (sorted_decode.unsqueeze(0) > time[:longest].unsqueeze(1)).sum(dim=1).tolist()
+        mask = time.unsqueeze(0) < decode.unsqueeze(1)  # (B, T-1), original row order
+        position = torch.empty_like(order)
+        position[order] = torch.arange(batch)  # row r runs as sorted row position[r]
+        running = torch.tensor(self.running, dtype=torch.long)
+        offsets = running.cumsum(0) - running  # the first time-major row of each step
+        time_major = offsets.unsqueeze(0) + position.unsqueeze(1)  # (B, longest)
+        self.batch, self.steps = batch, steps
+        self.full = bool(mask.all())
+        self.order = None if bool((order == torch.arange(batch)).all()) else order.to(device)
+        self.mask = mask.to(device, non_blocking=True)
+        self._gather = time_major[mask[:, :longest]].to(device, non_blocking=True)
+        self.flat = (torch.arange(batch).unsqueeze(1) * steps + time)[mask].to(device, non_blocking=True)
+        # the real steps of the sorted (B·(T-1), ·) inputs, time-major: what step t reads is chunk t of running
+        sorted_mask = time.unsqueeze(0) < sorted_decode.unsqueeze(1)
+        sorted_flat = torch.arange(batch).unsqueeze(1) * steps + time
+        self.time_major = sorted_flat.t()[sorted_mask.t()].to(device, non_blocking=True)
+
+    def gather(self, time_major: Tensor) -> Tensor:
+        """(N, ...) rows of the steps in time-major sorted order -> batch-major original order."""
+        return time_major.index_select(0, self._gather)
+
+    def scatter(self, packed: Tensor) -> Tensor:
+        """(N, ...) batch-major real steps -> (B, T-1, ...) with zeros on padding."""
+        if self.full:
+            return packed.view(self.batch, self.steps, *packed.shape[1:])
+        full = packed.new_zeros(self.batch * self.steps, *packed.shape[1:])
+        return full.index_copy_(0, self.flat, packed).view(self.batch, self.steps, *packed.shape[1:])
