@@ -391,3 +391,22 @@ def test_bf16_autocast_trains_like_fp32():
             continue
         cosine = torch.nn.functional.cosine_similarity(low.flatten(), grad.flatten(), dim=0)
         assert float(cosine) > 0.95, (name, float(cosine))  # bf16 rounding; a wrong gradient is far off
+
+
+def test_captions_without_targets_cost_nothing_and_break_nothing():
+    # Rows of only <start> (length 1) never run; a batch of them gives zero outputs and a zero loss.
+    model = tiny().train()
+    tokens = torch.tensor([[1, 0, 0], [1, 0, 0]])
+    out = model(images(2), tokens=tokens)
+    assert out["real_logits"].shape == (0, len(VOCAB)) and not bool(out["mask"].any())
+    assert bool((out["logits"] == 0).all()) and bool((out["attention"] == 0).all())
+    terms = model.loss(out, tokens)
+    assert float(terms["loss"].detach()) == 0.0
+    # mixed with a real caption, only that caption's steps run
+    mixed = torch.tensor([[1, 0, 0, 0], [1, 4, 5, 2]])
+    out = model(images(2), tokens=mixed)
+    assert out["mask"].tolist() == [[False] * 3, [True] * 3]
+    assert out["real_logits"].shape == (3, len(VOCAB))
+    # lengths longer than the tokens are clipped to them
+    same = model.eval()(images(2), tokens=mixed, lengths=torch.tensor([1, 9]))
+    assert same["mask"].tolist() == [[False] * 3, [True] * 3]
