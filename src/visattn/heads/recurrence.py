@@ -122,11 +122,13 @@ class RunningBatch:
     """Where a batch's real steps live, for a recurrence that drops sequences as they end.
 
     The recurrence runs on the batch sorted by decreasing length (``order``; None when it already is), so
-    step t runs the first ``running[t]`` rows. ``decode`` holds each sequence's number of steps (on the CPU:
-    the plan needs no device sync); ``steps`` is the padded length T-1. Its per-step outputs, concatenated, are *time-major*
-    (all rows of step 0, then step 1, ...). :meth:`gather` turns them into *batch-major* order of the
-    original rows (caption 0's steps, then caption 1's, ...), and :meth:`scatter` places those N real
-    steps into a zero-padded (B, T-1, ...) tensor. Everything is planned on the CPU from the lengths.
+    step t runs the first ``running[t]`` rows. ``decode`` holds each sequence's number of steps, on the CPU
+    (the plan needs no device sync); ``steps`` is the padded length T-1. The per-step outputs, concatenated,
+    are *time-major* (all rows of step 0, then step 1, ...); :meth:`gather` turns them into *batch-major*
+    order of the original rows (sequence 0's steps, then sequence 1's, ...), and :meth:`scatter` places
+    those N real steps into a zero-padded (B, T-1, ...) tensor. ``mask`` (B, T-1) marks the real steps,
+    ``flat`` their positions in the flattened (B·(T-1)) steps, ``time_major`` the real steps of the sorted
+    inputs in time-major order (what step t reads is chunk t of ``running``).
     """
 
     def __init__(self, decode: Tensor, steps: int, device: torch.device) -> None:
@@ -149,7 +151,6 @@ class RunningBatch:
         self.mask = mask.to(device, non_blocking=True)
         self._gather = time_major[mask[:, :longest]].to(device, non_blocking=True)
         self.flat = (torch.arange(batch).unsqueeze(1) * steps + time)[mask].to(device, non_blocking=True)
-        # the real steps of the sorted (B·(T-1), ·) inputs, time-major: what step t reads is chunk t of running
         sorted_mask = time.unsqueeze(0) < sorted_decode.unsqueeze(1)
         sorted_flat = torch.arange(batch).unsqueeze(1) * steps + time
         self.time_major = sorted_flat.t()[sorted_mask.t()].to(device, non_blocking=True)
