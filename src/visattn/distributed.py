@@ -15,7 +15,7 @@ from torch.utils.data import Sampler
 T = TypeVar("T")
 
 __all__ = ["init_from_env", "is_distributed", "rank", "world_size", "is_main", "barrier", "gather_objects",
-           "broadcast_object", "all_reduce_mean", "all_reduce_sum", "all_ranks_true", "cleanup", "ShardSampler",
+           "broadcast_object", "all_reduce_mean", "all_ranks_true", "cleanup", "ShardSampler",
            "is_sharded", "gather_shards", "merge_shards"]
 
 
@@ -130,21 +130,12 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean of a tensor over ranks (in place on a copy)."""
+    """Mean of a tensor over ranks (in place on a copy; no host sync: the result stays on the device)."""
     if not is_distributed():
         return tensor
     out = tensor.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / world_size()
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum of a tensor over ranks (on a copy; no gradient). No host sync: the result stays on the device."""
-    if not is_distributed():
-        return tensor.detach()
-    out = tensor.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out
 
 
 def all_ranks_true(flag: torch.Tensor) -> bool:

@@ -339,25 +339,20 @@ class Captioner(nn.Module):
           A training call updates the moving-average baseline (the first update sets it to the batch mean).
         - ``loss``: the sum of the terms above.
         """
-        logits, mask = outputs["logits"], outputs["mask"]
-        batch, steps, vocab_size = logits.shape
+        mask, index = outputs["mask"], outputs["real_index"]
+        batch, steps = mask.shape
         targets = tokens[:, 1:]
         if targets.shape != (batch, steps):
-            raise ValueError(f"Captioner.loss: tokens {tuple(tokens.shape)} do not match logits {tuple(logits.shape)}")
-        if "real_logits" in outputs:  # computed on the real targets only (no host sync: index, not mask)
-            index = outputs["real_index"]
-            real_ce = F.cross_entropy(outputs["real_logits"].float(), targets.reshape(-1).index_select(0, index),
-                                      reduction="none")  # (N,)
-            token_ce = real_ce.new_zeros(batch * steps).index_copy(0, index, real_ce).view(batch, steps)
-        else:
-            flat_logits = logits.reshape(-1, vocab_size).float()
-            flat_targets = targets.masked_fill(~mask, -100).reshape(-1)
-            token_ce = F.cross_entropy(flat_logits, flat_targets, ignore_index=-100, reduction="none")
-            token_ce = token_ce.view(batch, steps)  # 0 on pads
+            raise ValueError(f"Captioner.loss: tokens {tuple(tokens.shape)} do not match the outputs' "
+                             f"{batch} x {steps} steps")
+        # on the real targets only (an index, not the mask: no host sync); 0 on pads
+        real_ce = F.cross_entropy(outputs["real_logits"].float(), targets.reshape(-1).index_select(0, index),
+                                  reduction="none")  # (N,)
+        token_ce = real_ce.new_zeros(batch * steps).index_copy(0, index, real_ce).view(batch, steps)
         if num_targets is None:
             num_targets = mask.sum().clamp_min(1)
         terms = {"loss_ce": token_ce.sum() / num_targets}
-        zero = logits.new_zeros((), dtype=torch.float32)
+        zero = real_ce.new_zeros(())
         if self.attention is not None and self.config.alpha_c > 0:
             alpha = outputs["attention"].flatten(2).float()  # (B, T-1, H', W') -> (B, T-1, L)
             coverage = (alpha * mask.unsqueeze(-1)).sum(dim=1)  # (B, L): Σ_t over the true length

@@ -60,11 +60,9 @@ def _loss(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict
     tokens = batch["tokens"].to(device, non_blocking=True)
     # lengths stay on the CPU: the captioner plans its shrinking batch from them without a device sync
     outputs = model(**_inputs(batch, device), tokens=tokens, lengths=batch["lengths"])
-    num_targets = None
-    if dist.is_distributed():
-        # DDP averages gradients over ranks; dividing each rank's token sum by (all tokens / world size)
-        # makes that average the gradient of the global per-token mean, as one process would compute it.
-        num_targets = (dist.all_reduce_sum(outputs["mask"].sum().float()) / dist.world_size()).clamp_min(1e-6)
+    # DDP averages gradients over ranks; dividing each rank's token sum by (all tokens / world size) makes
+    # that average the gradient of the global per-token mean, as one process computes it (there: its count).
+    num_targets = dist.all_reduce_mean(outputs["mask"].sum().float()).clamp_min(1e-6)
     return _core(model).loss(outputs, tokens, num_targets=num_targets)
 
 

@@ -166,10 +166,8 @@ def detection_task(num_classes: int, *, eos_coef: float = 0.1, loss_ce: float = 
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch["targets"]]
         # Under DDP the box and class-weight counts are the means over ranks: the averaged gradient is then
         # the gradient of the loss over the global batch, whatever each rank's share of objects.
-        reduce_counts = None
-        if dist.is_distributed():
-            reduce_counts = lambda counts: dist.all_reduce_sum(counts) / dist.world_size()  # noqa: E731
-        return criterion(model(batch["images"].to(device, non_blocking=True)), targets, reduce_counts=reduce_counts)
+        return criterion(model(batch["images"].to(device, non_blocking=True)), targets,
+                         reduce_counts=dist.all_reduce_mean)
 
     return TaskSpec(name="detect", collate=collate, loss=loss,
                     evaluate=lambda model, loader, device: evaluate_detector(model, loader, device,
