@@ -36,7 +36,7 @@ from visattn.engine import TrainConfig, make_loader, train_one_epoch
 from visattn.heads.captioner import CaptionerConfig
 from visattn.models import build_model
 from visattn.tasks.caption import caption_task
-from visattn.tasks.caption_data import CaptionDataset, SceneSource, build_vocabulary
+from visattn.data.caption_data import CaptionDataset, SceneSource, build_vocabulary
 
 
 def build(*, encoder: str, image_size: int, num_images: int, attention_dim: int, decoder_dim: int, embed_dim: int,

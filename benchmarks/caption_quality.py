@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from visattn.engine import TrainConfig, seed_everything
 from visattn.models import build_model, load
 from visattn.tasks.caption import _loss, demo_model_config, eval_dataset, evaluate_captioner, train_captioner
-from visattn.tasks.caption_data import CaptionDataset, collate, scene_data
+from visattn.data.caption_data import CaptionDataset, collate, scene_data
 
 MODELS = {"soft": ("additive", "soft"), "hard": ("additive", "hard"), "no_attention": ("none", "soft")}
 REPORTED = ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr-D", "attention_correctness", "uniform_correctness",

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import _timing
 from visattn.data.scenes import SceneConfig, SceneDataset, make_scene
-from visattn.tasks.caption_data import RecordSource, SceneSource
+from visattn.data.caption_data import RecordSource, SceneSource
 
 SOURCES = ("procedural", "decode", "memory")
 

@@ -10,7 +10,7 @@ import torch
 from visattn.data.images import ImageLoadError
 from visattn.data.vocab import Vocabulary
 from visattn.metrics.attention_correctness import AttentionCorrectness, align_words, mass_in_masks, word_objects
-from visattn.tasks.caption_data import CaptionDataset, build_vocabulary, collate, scene_data, teacher_forced_objects
+from visattn.data.caption_data import CaptionDataset, build_vocabulary, collate, scene_data, teacher_forced_objects
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,7 @@ def test_train_then_caption_writes_checkpoint_and_figures(scenes, tmp_path):
 def test_feature_cache_training_and_vocabulary_mismatch_on_resume(scenes, tmp_path):
     from visattn.engine import TrainConfig
     from visattn.tasks.caption import train_captioner
-    from visattn.tasks.caption_data import scene_data
+    from visattn.data.caption_data import scene_data
 
     config = TrainConfig(epochs=1, batch_size=16, progress=False)
     result = train_captioner(tiny_config(), scenes, config, tmp_path / "run", beam_size=1,
@@ -249,7 +249,7 @@ def _write_scenes(source, folder, first_id):
 def test_karpathy_and_coco_files_give_the_same_task(scenes, tmp_path):
     from visattn.data.coco_captions import write_coco_captions
     from visattn.data.karpathy import write_karpathy
-    from visattn.tasks.caption_data import coco_data, karpathy_data
+    from visattn.data.caption_data import coco_data, karpathy_data
 
     train = _write_scenes(scenes.train, tmp_path / "images" / "train", 0)
     val = _write_scenes(scenes.val, tmp_path / "images" / "val", 1000)

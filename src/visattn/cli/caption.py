@@ -91,7 +91,7 @@ def register(commands: dict) -> None:
 
 
 def _data(args: argparse.Namespace, *, train: bool, model_size: int | None = None):
-    from visattn.tasks.caption_data import coco_data, karpathy_data, scene_data
+    from visattn.data.caption_data import coco_data, karpathy_data, scene_data
 
     files = args.karpathy_json is not None or getattr(args, "coco_train", None) is not None
     size = args.image_size or model_size or (224 if files else 64)
@@ -140,7 +140,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from visattn.models import load
     from visattn.tasks.caption import eval_dataset, evaluate_captioner
-    from visattn.tasks.caption_data import collate
+    from visattn.data.caption_data import collate
 
     device = select_device(args.device)
     model = load(args.checkpoint, task="caption", map_location=str(device))

@@ -2,7 +2,7 @@
 
 Library functions only (no argument parsing): ``visattn.cli`` builds the pieces from the command line and
 calls these, and so can a script. Data (sources, vocabulary, items, batches) lives in
-:mod:`visattn.tasks.caption_data`.
+:mod:`visattn.data.caption_data`.
 
 Validation decodes every validation image with beam search (not teacher-forced accuracy) and scores the
 captions with BLEU-1..4, ROUGE-L and CIDEr-D (the monitored metric); on procedural scenes it also measures
@@ -32,7 +32,7 @@ from visattn.metrics.attention_correctness import AttentionCorrectness
 from visattn.metrics.captions import caption_scores
 from visattn.metrics.localisation import box_masks
 from visattn.models import build_model
-from visattn.tasks.caption_data import CaptionData, CaptionDataset, collate, teacher_forced_objects
+from visattn.data.caption_data import CaptionData, CaptionDataset, collate, teacher_forced_objects
 
 __all__ = ["caption_task", "evaluate_captioner", "train_captioner", "check_vocabulary", "eval_dataset",
            "hypothesis_words", "caption_tensors", "caption_images", "CaptionResult", "MODEL_NAME",
@@ -101,7 +101,7 @@ def evaluate_captioner(model: nn.Module, loader: DataLoader, device: torch.devic
 
     Args:
         model: a captioner (its ``config.vocab`` decodes the ids).
-        loader: batches of :func:`~visattn.tasks.caption_data.collate` over a ``mode="images"`` dataset.
+        loader: batches of :func:`~visattn.data.caption_data.collate` over a ``mode="images"`` dataset.
         device: where to run.
         beam_size: beams per image (1 = greedy).
         max_len: most tokens per caption, ``<end>`` included (None: the model's default).
@@ -235,7 +235,7 @@ def train_captioner(model_config: CaptionerConfig, data: CaptionData, train_conf
         feature_cache: a folder; encode train/val once with the frozen encoder and train the decoder from
             the cache (rebuilt when the encoder, its weights, the transform or the data change).
         cache_dtype: "float32" or "float16" for the cache.
-        mode: "pairs" or "random" (see :class:`~visattn.tasks.caption_data.CaptionDataset`).
+        mode: "pairs" or "random" (see :class:`~visattn.data.caption_data.CaptionDataset`).
     """
     if mode not in ("pairs", "random"):
         raise ValueError(f"training mode must be 'pairs' or 'random', got {mode!r}")
@@ -403,7 +403,7 @@ def run_caption_demo(out_dir: str | Path, *, seconds_budget: float = 360.0, seed
     import time
 
     from visattn.models import load
-    from visattn.tasks.caption_data import scene_data
+    from visattn.data.caption_data import scene_data
 
     started = time.perf_counter()
     out_dir = Path(out_dir)
