@@ -49,6 +49,15 @@ class ToyModel:
             prev = torch.tensor([token])
         return total, torch.stack(maps)
 
+    def replay_steps(self, h0, tokens: list[int], finished: bool) -> list[float]:
+        """The log-probability of every scored step of one sequence (its words, then <end> if finished)."""
+        state, prev, steps = (h0.unsqueeze(0),), torch.tensor([START]), []
+        for token in tokens + ([END] if finished else []):
+            log_probs, _, state = self.step(prev, state)
+            steps.append(float(log_probs[0, token]))
+            prev = torch.tensor([token])
+        return steps
+
 
 def run_beam(model, state, batch, k, **kw):
     state = tuple(expand_for_beams(s, k) for s in state)
@@ -105,6 +114,19 @@ def test_hypotheses_replay_and_are_sorted(length_penalty):
             assert h.attention.shape == (steps, LOCATIONS)
             assert h.score == pytest.approx(total / steps**length_penalty, abs=1e-5)
             torch.testing.assert_close(h.attention, maps, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_every_word_carries_its_own_log_probability(beam_size):
+    model = ToyModel(2, end_bias=-1.0)
+    state = model.initial(5)
+    search = (lambda: run_greedy(model, state, 5, max_len=6)) if beam_size == 1 else \
+        (lambda: run_beam(model, state, 5, beam_size, max_len=6, n_best=beam_size, length_penalty=0.5))
+    for b, hyps in enumerate(search()):
+        for h in hyps:
+            expected = model.replay_steps(state[0][b], h.tokens, h.finished)
+            assert len(h.token_logprobs) == len(h.attention) == len(expected)
+            assert h.token_logprobs == pytest.approx(expected, abs=1e-5)
 
 
 @pytest.mark.parametrize("length_penalty, end_bias", [(0.0, 0.0), (0.5, 0.0), (1.0, -1.0), (2.0, -1.5)])

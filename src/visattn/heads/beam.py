@@ -24,7 +24,7 @@ scored tokens (the words, plus ``<end>`` when the hypothesis finished).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -45,12 +45,15 @@ class Hypothesis:
         attention: one map per step: (len(tokens) + 1, H', W') when finished (the last map is the one that
             produced ``<end>``), (len(tokens), H', W') when cut at ``max_len``; (steps, L) without a grid.
         finished: whether the hypothesis ended with ``<end>`` (False: cut at ``max_len``).
+        token_logprobs: log-probability of every scored step, one per map: the words, then ``<end>`` when
+            finished (so ``sum(token_logprobs)`` is the unnormalised score).
     """
 
     tokens: list[int]
     score: float
     attention: Tensor
     finished: bool = True
+    token_logprobs: list[float] = field(default_factory=list)
 
 
 def check_decoding_args(*, beam_size: int, max_len: int, n_best: int, length_penalty: float) -> None:
@@ -108,6 +111,7 @@ def greedy_search(
     prev = torch.full((batch_size,), start_id, dtype=torch.long, device=device)
     tokens = torch.empty(batch_size, max_len, dtype=torch.long, device=device)
     raw = torch.zeros(batch_size, device=device)
+    step_logprobs = torch.zeros(batch_size, max_len, device=device)  # (B, max_len): log p of each chosen token
     lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
     done = torch.zeros(batch_size, dtype=torch.bool, device=device)
     maps: Tensor | None = None
@@ -121,6 +125,7 @@ def greedy_search(
         raw += best.masked_fill(done, 0.0)
         lengths += (~done).long()
         tokens[:, t] = prev
+        step_logprobs[:, t] = best
         maps[:, t] = alpha
         done |= prev == end_id
         steps = t + 1
@@ -129,11 +134,12 @@ def greedy_search(
     assert maps is not None, "max_len >= 1 runs at least one step"
     scores = (raw / lengths.float().pow(length_penalty)).tolist()
     token_rows, finished, lengths_list = tokens[:, :steps].tolist(), done.tolist(), lengths.tolist()
+    logprob_rows = step_logprobs[:, :steps].tolist()
     results = []
     for b in range(batch_size):
         n = lengths_list[b]  # scored steps: the words, plus <end> when finished
         words = token_rows[b][: n - 1] if finished[b] else token_rows[b][:n]
-        results.append([Hypothesis(words, scores[b], _maps(maps[b, :n], grid), finished[b])])
+        results.append([Hypothesis(words, scores[b], _maps(maps[b, :n], grid), finished[b], logprob_rows[b][:n])])
     return results
 
 
@@ -181,6 +187,10 @@ def beam_search(
     hist_parent = torch.empty(max_len, B, k, dtype=torch.long, device=device)  # its slot at step t-1
     fin_score = torch.full((max_len, B, k), float("-inf"), device=device)  # normalised, -inf = none
     fin_parent = torch.zeros(max_len, B, k, dtype=torch.long, device=device)
+    # unnormalised running sums, to give every word its own log-probability: live slots after step t, and
+    # the <end> extensions of step t
+    hist_raw = torch.empty(max_len, B, k, device=device)
+    fin_raw = torch.empty(max_len, B, k, device=device)
     best_finished = torch.full((B, n_best), float("-inf"), device=device)  # running n best finished scores
     hist_att: Tensor | None = None
     max_norm = float(max_len) ** length_penalty
@@ -201,12 +211,13 @@ def beam_search(
         ends = is_end[:, :k] & torch.isfinite(top_scores[:, :k])
         fin_score[t] = (top_scores[:, :k] / float(t + 1) ** length_penalty).masked_fill(~ends, float("-inf"))
         fin_parent[t] = top_beam[:, :k]
+        fin_raw[t] = top_scores[:, :k]
         best_finished = torch.cat([best_finished, fin_score[t]], dim=1).topk(n_best, dim=1).values
         # The k best other extensions continue (at most k of the 2k end, so k remain).
         scores, chosen = top_scores.masked_fill(is_end, float("-inf")).topk(k, dim=1)  # (B, k)
         parent = top_beam.gather(1, chosen)
         prev_tokens = top_token.gather(1, chosen)
-        hist_token[t], hist_parent[t] = prev_tokens, parent
+        hist_token[t], hist_parent[t], hist_raw[t] = prev_tokens, parent, scores
         rows = (row_base + parent).view(-1)  # (B·k,) rows of the parents in the flat state
         state = tuple(s.index_select(0, rows) for s in state)
         prev = prev_tokens.view(-1)
@@ -220,32 +231,38 @@ def beam_search(
     assert hist_att is not None, "max_len >= 1 runs at least one step"
     return _collect(
         fin_score[:steps], fin_parent[:steps], hist_token[:steps], hist_parent[:steps], hist_att[:steps],
-        scores / float(steps) ** length_penalty, n_best=n_best, grid=grid,
+        scores / float(steps) ** length_penalty, hist_raw[:steps], fin_raw[:steps], n_best=n_best, grid=grid,
     )
 
 
 def _collect(
     fin_score: Tensor, fin_parent: Tensor, hist_token: Tensor, hist_parent: Tensor, hist_att: Tensor,
-    live_scores: Tensor, *, n_best: int, grid: tuple[int, int] | None,
+    live_scores: Tensor, hist_raw: Tensor, fin_raw: Tensor, *, n_best: int, grid: tuple[int, int] | None,
 ) -> list[list[Hypothesis]]:
     """Pick each image's n best and follow their back-pointers (host lists; one gather per hypothesis)."""
     steps, B, k = fin_score.shape
     flat = fin_score.permute(1, 0, 2).reshape(B, steps * k)  # (B, steps·k), index = t·k + rank
     top_fin, top_fin_index = flat.topk(min(n_best, steps * k), dim=1)
-    tokens, parents = hist_token.tolist(), hist_parent.tolist()  # [t][b][slot]
+    tokens, parents, raws = hist_token.tolist(), hist_parent.tolist(), hist_raw.tolist()  # [t][b][slot]
+    fin_raws = fin_raw.tolist()
     fin_parents = fin_parent.tolist()
     top_fin, top_fin_index = top_fin.tolist(), top_fin_index.tolist()
     live_order = live_scores.argsort(dim=1, descending=True).tolist()
     live = live_scores.tolist()
 
-    def trace(b: int, slot: int, last: int) -> tuple[list[int], list[tuple[int, int]]]:
-        """Words of live slot ``slot`` after step ``last`` and (step, pre-selection slot) of its maps."""
-        words, where = [], []
+    def trace(b: int, slot: int, last: int) -> tuple[list[int], list[tuple[int, int]], list[float]]:
+        """Words of live slot ``slot`` after step ``last``, (step, pre-selection slot) of its maps, and the
+        running sums of log-probabilities after each word."""
+        words, where, sums = [], [], []
         for t in range(last, -1, -1):
             words.append(tokens[t][b][slot])
+            sums.append(raws[t][b][slot])
             slot = parents[t][b][slot]
             where.append((t, slot))
-        return words[::-1], where[::-1]
+        return words[::-1], where[::-1], sums[::-1]
+
+    def differences(sums: list[float]) -> list[float]:
+        return [now - before for before, now in zip([0.0] + sums[:-1], sums)]
 
     def gather_maps(b: int, where: list[tuple[int, int]]) -> Tensor:
         if not where:
@@ -262,12 +279,13 @@ def _collect(
                 break
             t, rank = divmod(index, k)
             parent = fin_parents[t][b][rank]
-            words, where = trace(b, parent, t - 1) if t > 0 else ([], [])
-            found.append(Hypothesis(words, score, _maps(gather_maps(b, where + [(t, parent)]), grid), True))
+            words, where, sums = trace(b, parent, t - 1) if t > 0 else ([], [], [])
+            found.append(Hypothesis(words, score, _maps(gather_maps(b, where + [(t, parent)]), grid), True,
+                                    differences(sums + [fin_raws[t][b][rank]])))
         for slot in live_order[b]:
             if len(found) >= n_best or live[b][slot] == float("-inf"):
                 break
-            words, where = trace(b, slot, steps - 1)
-            found.append(Hypothesis(words, live[b][slot], _maps(gather_maps(b, where), grid), False))
+            words, where, sums = trace(b, slot, steps - 1)
+            found.append(Hypothesis(words, live[b][slot], _maps(gather_maps(b, where), grid), False, differences(sums)))
         results.append(found)
     return results
