@@ -1,7 +1,7 @@
 """Feature-cache speed: a training epoch with a frozen encoder, from the feature cache vs recomputing the encoder.
 
 Both epochs go through the product's own path: procedural caption scenes (``SceneSource``), the
-captioning task's collate and loss (``visattn.tasks.caption.caption_task``) and the engine's
+captioning task's collate and loss (``visattn.tasks.caption.CaptionTask``) and the engine's
 ``train_one_epoch`` with AdamW, on one captioner whose encoder is frozen. ``recompute`` feeds images and
 runs the encoder in every step; ``cache`` feeds the annotations that ``ensure_feature_cache`` wrote once
 (the one-time build is reported as ``build_seconds``). The epochs alternate (median of ``--repeats``, after
@@ -35,7 +35,7 @@ from visattn.encoders import EncoderConfig
 from visattn.engine import TrainConfig, make_loader, train_one_epoch
 from visattn.heads.captioner import CaptionerConfig
 from visattn.models import build_model
-from visattn.tasks.caption import caption_task
+from visattn.tasks.caption import CaptionTask
 from visattn.data.caption_data import CaptionDataset, SceneSource, build_vocabulary
 
 
@@ -53,7 +53,7 @@ def build(*, encoder: str, image_size: int, num_images: int, attention_dim: int,
     cache = ensure_feature_cache(model.encoder, source, Path(workdir) / "cache", transform=source.transform,
                                  data=source.identity, meta=source.meta)
     build_seconds = time.perf_counter() - start
-    task = caption_task()
+    task = CaptionTask()
     train_config = TrainConfig(epochs=1, batch_size=batch_size, progress=False, device="cpu", seed=seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=train_config.lr)
     for group in optimizer.param_groups:

@@ -1,4 +1,4 @@
-"""Captioning task glue: batches, vocabulary, attention correctness, the TaskSpec, training and captioning."""
+"""Captioning task glue: batches, vocabulary, attention correctness, the Task, training and captioning."""
 
 from __future__ import annotations
 
@@ -133,17 +133,21 @@ def test_task_loss_trains_and_evaluate_decodes(scenes):
     from torch.utils.data import DataLoader
 
     from visattn.engine import TrainConfig
-    from visattn.tasks.caption import caption_task
+    from visattn.tasks import get_task
 
-    task = caption_task(beam_size=2)
+    task = get_task("caption", beam_size=2)
     model = tiny_model(scenes.vocab)
     pairs = CaptionDataset(scenes.train, scenes.train.tokens, scenes.vocab)
     batch = collate([pairs[i] for i in range(8)])
-    terms = task.loss(model, batch, torch.device("cpu"))
-    assert {"loss", "loss_ce"} <= set(terms) and terms["loss"].requires_grad
-    terms["loss"].backward()
+    terms = task.criterion(model, batch, torch.device("cpu"))
+    assert {"loss_ce", "loss_attention_reg"} <= set(terms) and "loss" not in terms
+    loss = task.total_loss(terms)
+    assert loss.requires_grad
+    torch.testing.assert_close(loss, model.loss(model(batch["images"], tokens=batch["tokens"],
+                                                      lengths=batch["lengths"]), batch["tokens"])["loss"])
+    loss.backward()
     assert model.attention is not None and all(p.grad is not None for p in model.attention.parameters())
-    groups = caption_task(encoder_lr=1e-5).param_groups(model, TrainConfig())
+    groups = get_task("caption", encoder_lr=1e-5).param_groups(model, TrainConfig())
     assert groups[1]["lr"] == 1e-5 and len(groups[0]["params"]) + len(groups[1]["params"]) == len(
         [p for p in model.parameters() if p.requires_grad])
     val = CaptionDataset(scenes.val, scenes.val.tokens, scenes.vocab, mode="images")
@@ -181,12 +185,14 @@ def test_evaluation_decodes_for_real(scenes, monkeypatch):
     assert metrics["attention_correctness"] == pytest.approx(metrics["uniform_correctness"], abs=0.02)
 
 
-def test_train_then_caption_writes_checkpoint_and_figures(scenes, tmp_path):
+def test_train_then_caption_writes_checkpoint_and_figures(scenes, tmp_path, capsys):
     from PIL import Image
 
+    from visattn import Predictor
+    from visattn.cli import main
     from visattn.engine import TrainConfig
     from visattn.models import load
-    from visattn.tasks.caption import caption_images, train_captioner
+    from visattn.tasks.caption import train_captioner
 
     result = train_captioner(tiny_config(), scenes, TrainConfig(epochs=1, batch_size=16, progress=False),
                              tmp_path / "run", beam_size=2)
@@ -197,20 +203,26 @@ def test_train_then_caption_writes_checkpoint_and_figures(scenes, tmp_path):
     assert model.config.vocab == scenes.vocab.to_list()
     path = tmp_path / "scene.png"
     Image.fromarray((scenes.test[0]["image"].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(path)
-    results = caption_images(model, [path], image_size=32, beam_size=3, n_best=2, max_len=6,
-                             out_dir=tmp_path / "figures")
-    assert len(results[0].captions) == 2 and results[0].captions[0][1] >= results[0].captions[1][1]
+    predictor = Predictor.from_checkpoint(tmp_path / "run" / "best.safetensors", device="cpu", task="caption",
+                                          image_size=32)
+    results = predictor.predict([path], beam_size=3, n_best=2, max_len=6)
+    assert len(results[0].captions) == 2 and results[0].captions[0].score >= results[0].captions[1].score
     assert len(results[0].words) <= 6 and results[0].attention.shape[0] == len(results[0].words)
+    checkpoint = str(tmp_path / "run" / "best.safetensors")
+    assert main(["caption", str(path), "--checkpoint", checkpoint, "--image-size", "32", "--beam-size", "3",
+                 "--n-best", "2", "--max-len", "6", "--out", str(tmp_path / "figures"), "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[3] for line in lines[:2]] == [c.text for c in results[0].captions]
     if results[0].words:  # an untrained model may end at once; then there is no word to draw
-        assert [p.suffix for p in results[0].figures] == [".png", ".gif"]
-        assert all(p.stat().st_size > 0 for p in results[0].figures)
+        figures = sorted((tmp_path / "figures").iterdir())
+        assert [p.suffix for p in figures] == [".gif", ".png"] and all(p.stat().st_size > 0 for p in figures)
     corrupt = tmp_path / "broken.png"
     corrupt.write_bytes(path.read_bytes()[:60])
     with pytest.raises(ImageLoadError, match="broken.png"):
-        caption_images(model, [path, corrupt], image_size=32)
+        predictor.predict([path, corrupt])
     for bad in (dict(beam_size=0), dict(max_len=0), dict(beam_size=2, n_best=3)):
         with pytest.raises(ValueError):
-            caption_images(model, [path], image_size=32, **bad)
+            predictor.predict([path], **bad)
 
 
 def test_feature_cache_training_and_vocabulary_mismatch_on_resume(scenes, tmp_path):

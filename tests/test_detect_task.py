@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from visattn import Predictor
+from visattn.cli import main
 from visattn.data.coco import write_coco
 from visattn.encoders import EncoderConfig
 from visattn.engine import TrainConfig
@@ -19,7 +20,6 @@ from visattn.tasks.detect import (
     ResizeImage,
     coco_data,
     collate,
-    detect_files,
     evaluate_detector,
     format_detection,
     scene_data,
@@ -71,13 +71,17 @@ def test_train_evaluate_load_and_detect_files(tiny_scenes, tmp_path):
     image_path = tmp_path / "scene.png"
     picture = tiny_scenes.val[0]["image"]
     Image.fromarray((picture.permute(1, 2, 0) * 255).byte().numpy()).resize((48, 40)).save(image_path)
-    detections = detect_files(model, [image_path], tmp_path / "figures", score_threshold=0.0, top_k=3)
+    predictor = Predictor.from_checkpoint(tmp_path / "run" / "best.safetensors", device="cpu", task="detect")
+    detections = predictor.predict([image_path], score_threshold=0.0, top_k=3)
     assert len(detections) == 1 and len(detections[0].labels) == 3
-    assert detections[0].attention.shape == (3, 8, 8)
+    assert detections[0].attention.shape == (3, 8, 8) and detections[0].image_size == (40, 48)
     assert (detections[0].boxes[:, 2] <= 48 + 1e-3).all() and (detections[0].boxes[:, 3] <= 40 + 1e-3).all()
-    assert detections[0].figure is not None and Path(detections[0].figure).stat().st_size > 0
     text = format_detection(detections[0])
     assert "scene.png" in text and len(text.splitlines()) == 4
+    assert main(["detect", str(image_path), "--checkpoint", str(tmp_path / "run" / "best.safetensors"),
+                 "--score-threshold", "0", "--top-k", "3", "--out", str(tmp_path / "figures"), "--device", "cpu"]) == 0
+    figures = list((tmp_path / "figures").glob("*_detections.png"))
+    assert len(figures) == 1 and figures[0].stat().st_size > 0
 
 
 def test_coco_files_feed_the_same_pipeline(tiny_scenes, tmp_path):

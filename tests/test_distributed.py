@@ -20,7 +20,7 @@ from visattn.encoders import EncoderConfig
 from visattn.engine import TrainConfig, fit
 from visattn.heads.classifier import ClassifierConfig
 from visattn.models import build_model, load
-from visattn.tasks.classify import classification_task
+from visattn.tasks import get_task
 
 EPOCHS = 3
 PER_RANK_BATCH = 4
@@ -60,7 +60,7 @@ def _model():
 def _train(run_dir: Path, batch_size: int) -> dict:
     config = TrainConfig(epochs=EPOCHS, batch_size=batch_size, lr=5e-3, device="cpu", progress=False, seed=7,
                          warmup_steps=2)
-    return fit(_model(), "classifier", classification_task(), Squares(NUM_TRAIN, 0), Squares(NUM_VAL, 1), config,
+    return fit(_model(), get_task("classify"), Squares(NUM_TRAIN, 0), Squares(NUM_VAL, 1), config,
                run_dir)
 
 
@@ -80,7 +80,6 @@ class Strokes(Squares):
 
 def _train_captioner(run_dir: Path, batch_size: int) -> tuple[dict, torch.nn.Module]:
     from visattn.heads.captioner import CaptionerConfig
-    from visattn.tasks.caption import caption_task
 
     torch.manual_seed(0)
     config = CaptionerConfig(encoder=EncoderConfig(width=8, depth=2, num_downsample=1, norm="group"),
@@ -89,7 +88,7 @@ def _train_captioner(run_dir: Path, batch_size: int) -> tuple[dict, torch.nn.Mod
     train = TrainConfig(epochs=2, batch_size=batch_size, lr=5e-3, device="cpu", progress=False, seed=7,
                         warmup_steps=2)
     model = build_model("captioner", config)
-    return fit(model, "captioner", caption_task(), Strokes(NUM_TRAIN, 0), Strokes(NUM_VAL, 1), train, run_dir), model
+    return fit(model, get_task("caption"), Strokes(NUM_TRAIN, 0), Strokes(NUM_VAL, 1), train, run_dir), model
 
 
 class Boxes(Squares):
@@ -111,7 +110,6 @@ class Boxes(Squares):
 
 def _train_detector(run_dir: Path, batch_size: int) -> tuple[dict, torch.nn.Module]:
     from visattn.heads.detector import DetectorConfig
-    from visattn.tasks.detect import detection_task
 
     torch.manual_seed(0)
     config = DetectorConfig(encoder=EncoderConfig(width=8, depth=2, num_downsample=1, norm="group"), num_classes=3,
@@ -119,7 +117,7 @@ def _train_detector(run_dir: Path, batch_size: int) -> tuple[dict, torch.nn.Modu
     train = TrainConfig(epochs=2, batch_size=batch_size, lr=2e-3, device="cpu", progress=False, seed=7,
                         warmup_steps=2)
     model = build_model("detector", config)
-    return fit(model, "detector", detection_task(3), Boxes(NUM_TRAIN, 0), Boxes(NUM_VAL, 1), train, run_dir), model
+    return fit(model, get_task("detect", num_classes=3), Boxes(NUM_TRAIN, 0), Boxes(NUM_VAL, 1), train, run_dir), model
 
 
 def _evaluate_both_ways(model: torch.nn.Module, task, dataset) -> dict:
@@ -150,17 +148,15 @@ def _worker(run_dir: Path) -> None:
     first = torch.randperm(NUM_TRAIN, generator=torch.Generator().manual_seed(7)).tolist()[0]  # the sampler's order
     poisoned.noise[first] = float("nan")
     config = TrainConfig(epochs=1, batch_size=PER_RANK_BATCH, device="cpu", progress=False, seed=7)
-    stopped = fit(_model(), "classifier", classification_task(), poisoned, None, config, run_dir / "nan")["stopped"]
+    stopped = fit(_model(), get_task("classify"), poisoned, None, config, run_dir / "nan")["stopped"]
     classifier_writes = list(writes)
     captioner, caption_model = _train_captioner(run_dir / "caption", PER_RANK_BATCH)
     detector, detect_model = _train_detector(run_dir / "detect", PER_RANK_BATCH)
-    from visattn.tasks.caption import caption_task
-    from visattn.tasks.detect import detection_task
 
-    evaluations = {"classify": _evaluate_both_ways(load(run_dir / "last.safetensors"), classification_task(),
+    evaluations = {"classify": _evaluate_both_ways(load(run_dir / "last.safetensors"), get_task("classify"),
                                                    Squares(NUM_VAL, 1)),
-                   "caption": _evaluate_both_ways(caption_model, caption_task(), Strokes(NUM_VAL, 1)),
-                   "detect": _evaluate_both_ways(detect_model, detection_task(3), Boxes(NUM_VAL, 1))}
+                   "caption": _evaluate_both_ways(caption_model, get_task("caption"), Strokes(NUM_VAL, 1)),
+                   "detect": _evaluate_both_ways(detect_model, get_task("detect", num_classes=3), Boxes(NUM_VAL, 1))}
     rank = dist.rank()
     (run_dir / f"writes-rank{rank}.json").write_text(json.dumps(
         {"writes": classifier_writes, "world_size": dist.world_size(), "stopped": stopped,

@@ -9,10 +9,10 @@ from torch.utils.data import Dataset
 
 from visattn.checkpoint import read_checkpoint
 from visattn.encoders import EncoderConfig
-from visattn.engine import TaskSpec, TrainConfig, fit, lr_factor, select_device
+from visattn.engine import TrainConfig, fit, lr_factor, select_device
 from visattn.heads.classifier import ClassifierConfig
 from visattn.models import build_model, load
-from visattn.tasks.classify import classification_task
+from visattn.tasks.classify import ClassifyTask
 
 
 class Blobs(Dataset):
@@ -49,7 +49,7 @@ def cfg(**kw):
 
 
 def test_fit_writes_run_folder_and_learns(tmp_path):
-    result = fit(tiny_model(), "classifier", classification_task(), Blobs(64, 0), Blobs(32, 1), cfg(), tmp_path)
+    result = fit(tiny_model(), ClassifyTask(), Blobs(64, 0), Blobs(32, 1), cfg(), tmp_path)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3, 4]
     assert {"train_loss", "train_loss_ce", "val_accuracy", "val_pointing_game", "images_per_s"} <= set(lines[0])
@@ -63,10 +63,10 @@ def test_fit_writes_run_folder_and_learns(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    full = fit(tiny_model(), "classifier", classification_task(), Blobs(64, 0), Blobs(16, 1), cfg(), tmp_path / "full")
+    full = fit(tiny_model(), ClassifyTask(), Blobs(64, 0), Blobs(16, 1), cfg(), tmp_path / "full")
     # The same run interrupted after epoch 2, then resumed from its last checkpoint by a differently seeded model.
     snapshot = _train_and_snapshot(tmp_path / "snap", stop_after=2)
-    resumed = fit(tiny_model(seed=99), "classifier", classification_task(), Blobs(64, 0), Blobs(16, 1), cfg(),
+    resumed = fit(tiny_model(seed=99), ClassifyTask(), Blobs(64, 0), Blobs(16, 1), cfg(),
                   tmp_path / "resumed", resume=snapshot)
     a = [r["train_loss"] for r in full["history"]]
     b = [r["train_loss"] for r in resumed["history"]]
@@ -80,20 +80,18 @@ def test_resume_continues_exactly(tmp_path):
 
 def _train_and_snapshot(run_dir, stop_after):
     """Run the 4-epoch config but stop after ``stop_after`` epochs via a task whose evaluation stops it."""
-    task = classification_task()
     calls = {"n": 0}
-    original = task.evaluate
 
-    def evaluate(model, loader, device):
-        calls["n"] += 1
-        metrics = original(model, loader, device)
-        if calls["n"] > stop_after:
-            raise _Stop
-        return metrics
+    class Stopping(ClassifyTask):
+        def evaluate(self, model, loader, device):
+            calls["n"] += 1
+            metrics = super().evaluate(model, loader, device)
+            if calls["n"] > stop_after:
+                raise _Stop
+            return metrics
 
-    stopping = TaskSpec(name=task.name, collate=task.collate, loss=task.loss, evaluate=evaluate, monitor=task.monitor)
     with pytest.raises(_Stop):
-        fit(tiny_model(), "classifier", stopping, Blobs(64, 0), Blobs(16, 1), cfg(), run_dir)
+        fit(tiny_model(), Stopping(), Blobs(64, 0), Blobs(16, 1), cfg(), run_dir)
     assert read_checkpoint(run_dir / "last.safetensors").training["epoch"] == stop_after
     return run_dir / "last.safetensors"
 
@@ -103,18 +101,17 @@ class _Stop(Exception):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    task = classification_task()
     steps = {"n": 0}
 
-    def loss(model, batch, device):
-        steps["n"] += 1
-        terms = task.loss(model, batch, device)
-        if steps["n"] > 10:  # epoch 2 of 8 batches per epoch
-            terms = {k: v * float("nan") for k, v in terms.items()}
-        return terms
+    class Exploding(ClassifyTask):
+        def criterion(self, model, batch, device):
+            steps["n"] += 1
+            terms = super().criterion(model, batch, device)
+            if steps["n"] > 10:  # epoch 2 of 8 batches per epoch
+                terms = {k: v * float("nan") for k, v in terms.items()}
+            return terms
 
-    exploding = TaskSpec(name="classify", collate=task.collate, loss=loss, evaluate=task.evaluate, monitor="accuracy")
-    result = fit(tiny_model(), "classifier", exploding, Blobs(64, 0), Blobs(16, 1), cfg(), tmp_path)
+    result = fit(tiny_model(), Exploding(), Blobs(64, 0), Blobs(16, 1), cfg(), tmp_path)
     assert result["stopped"].startswith("non-finite loss at epoch 2")
     last = read_checkpoint(tmp_path / "last.safetensors")
     assert last.training["epoch"] == 1
@@ -122,11 +119,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_early_stopping(tmp_path):
-    task = classification_task()
-    flat = TaskSpec(name="classify", collate=task.collate, loss=task.loss,
-                    evaluate=lambda m, l, d: {"accuracy": 0.5}, monitor="accuracy")
-    result = fit(tiny_model(), "classifier", flat, Blobs(16, 0), Blobs(8, 1), cfg(epochs=10, early_stop_patience=2),
-                 tmp_path)
+    class Flat(ClassifyTask):
+        def evaluate(self, model, loader, device):
+            return {"accuracy": 0.5}
+
+    result = fit(tiny_model(), Flat(), Blobs(16, 0), Blobs(8, 1), cfg(epochs=10, early_stop_patience=2), tmp_path)
     assert len(result["history"]) == 3 and result["stopped"].startswith("early stop")
 
 

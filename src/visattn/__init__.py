@@ -6,6 +6,8 @@ The public API in one place::
     att = visattn.create_attention("additive", key_dim=128, query_dim=256)
     model = visattn.build_model("classifier")
     model = visattn.load("runs/x/best.safetensors")      # rebuilt from the checkpoint alone
+    predictor = visattn.Predictor.from_checkpoint("runs/x/best.safetensors")
+    results = predictor.predict(["a.png", "b.png"])       # typed results with their attention maps
 """
 
 from visattn.attention import (
@@ -18,8 +20,11 @@ from visattn.attention import (
 )
 from visattn.checkpoint import CheckpointError
 from visattn.encoders import EncoderConfig, create_encoder
-from visattn.engine import TaskSpec, TrainConfig, fit
+from visattn.engine import TrainConfig, fit
 from visattn.models import build_model, list_models, load
+from visattn.predictor import Predictor
+from visattn.results import CaptionHypothesis, CaptionResult, ClassifyResult, DetectResult
+from visattn.tasks import Task, get_task, list_tasks
 
 __version__ = "0.1.0"
 
@@ -29,7 +34,14 @@ __all__ = [
     "CheckpointError",
     "EncoderConfig",
     "HardAttentionSample",
-    "TaskSpec",
+    "Task",
+    "Predictor",
+    "ClassifyResult",
+    "CaptionResult",
+    "CaptionHypothesis",
+    "DetectResult",
+    "get_task",
+    "list_tasks",
     "TrainConfig",
     "VisualAttention",
     "build_model",

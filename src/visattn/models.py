@@ -13,10 +13,10 @@ from typing import Any, Callable, TypeVar
 
 from torch import nn
 
-from visattn.checkpoint import CheckpointError, read_checkpoint
+from visattn.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from visattn.config import config_from_dict
 
-__all__ = ["register_model", "build_model", "list_models", "model_entry", "load", "ModelEntry"]
+__all__ = ["register_model", "build_model", "list_models", "model_entry", "load", "model_from_checkpoint", "ModelEntry"]
 
 M = TypeVar("M", bound=type[nn.Module])
 
@@ -103,7 +103,15 @@ def load(path: str | os.PathLike, *, task: str | None = None, map_location: str 
     Raises:
         CheckpointError: missing/corrupt/mismatched checkpoint, naming the file.
     """
-    checkpoint = read_checkpoint(path, task=task)
+    return model_from_checkpoint(read_checkpoint(path, task=task), map_location=map_location)
+
+
+def model_from_checkpoint(checkpoint: Checkpoint, *, map_location: str = "cpu") -> nn.Module:
+    """The ready model (eval mode) of a checkpoint already read with :func:`~visattn.checkpoint.read_checkpoint`.
+
+    Raises:
+        CheckpointError: an unknown model name, a config that does not fit, or weights that do not fit.
+    """
     try:
         entry = model_entry(checkpoint.model)
         config = config_from_dict(entry.config_cls, checkpoint.config, source=f"checkpoint {checkpoint.path}")

@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 usage error (argparse or :class:`UsageError`), 1 failur
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import sys
@@ -13,7 +14,7 @@ from typing import Callable, Sequence
 
 from visattn.checkpoint import CheckpointError
 from visattn.distributed import cleanup
-from visattn.cli.common import CliError, UsageError, add_device_option, set_threads, setup_logging
+from visattn.cli.common import CliError, HelpFormatter, UsageError, add_device_option, set_threads, setup_logging
 
 __all__ = ["main", "build_parser"]
 
@@ -32,10 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run 'visattn COMMAND --help' for a command's options.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    root = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # every sub-command's options show their defaults once (HelpFormatter skips helps that say it already)
+    sub_parser = functools.partial(argparse.ArgumentParser, formatter_class=HelpFormatter)
+    root = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=sub_parser)
     train = root.add_parser("train", help="train a model (classify, caption, detect)",
                             description="Train a model on procedural data or your own data set.")
-    train_tasks = train.add_subparsers(dest="task", metavar="TASK", required=True)
+    train_tasks = train.add_subparsers(dest="task", metavar="TASK", required=True, parser_class=sub_parser)
     evaluate = root.add_parser(
         "eval", help="evaluate a checkpoint",
         description="Evaluate a checkpoint on held-out data; the task is read from the checkpoint. "

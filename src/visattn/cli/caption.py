@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from visattn.cli.common import (
-    CliError, UsageError, add_device_option, add_train_options, load_json_config,
+    CliError, UsageError, add_device_option, add_strict_option, add_train_options, load_json_config, load_predictor,
     positive_int, report_metrics, report_training, train_config_from_args,
 )
 from visattn.engine import select_device
@@ -21,8 +21,7 @@ def register(commands: dict) -> None:
         "caption", help="train a Show-Attend-Tell captioner",
         description="Train a captioner (soft or hard attention, or the no-attention baseline) on procedural "
                     "caption scenes, a Karpathy split file or COCO caption files. Validation decodes with beam "
-                    "search and keeps the checkpoint with the best CIDEr-D.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "search and keeps the checkpoint with the best CIDEr-D.")
     data = train.add_argument_group("data (default: procedural caption scenes)")
     data.add_argument("--karpathy-json", type=Path, default=None, help="dataset_coco.json / dataset_flickr*.json")
     data.add_argument("--image-root", type=Path, default=None, help="folder the Karpathy file paths are under")
@@ -30,7 +29,7 @@ def register(commands: dict) -> None:
                       help="COCO caption file and image folder for training")
     data.add_argument("--coco-val", type=Path, nargs=2, metavar=("JSON", "IMAGES"), default=None,
                       help="COCO caption file and image folder for validation")
-    data.add_argument("--skip-missing", action="store_true", help="skip (and count) missing image files")
+    add_strict_option(data)
     data.add_argument("--max-images", type=positive_int, default=None, help="use the first N images per split")
     data.add_argument("--min-count", type=positive_int, default=None,
                       help="words seen fewer times in train are <unk> (default: 5 for files, 1 for scenes)")
@@ -100,13 +99,13 @@ def _data(args: argparse.Namespace, *, train: bool, model_size: int | None = Non
             raise UsageError("--karpathy-json needs --image-root")
         return karpathy_data(args.karpathy_json, args.image_root, image_size=size,
                              min_count=getattr(args, "min_count", None) or 5,
-                             skip_missing=getattr(args, "skip_missing", False),
+                             skip_missing=not getattr(args, "strict", False),
                              max_images=getattr(args, "max_images", None))
     if getattr(args, "coco_train", None) is not None:
         if args.coco_val is None:
             raise UsageError("--coco-train needs --coco-val")
         return coco_data(*args.coco_train, *args.coco_val, image_size=size, min_count=args.min_count or 5,
-                         skip_missing=args.skip_missing, max_images=args.max_images)
+                         skip_missing=not args.strict, max_images=args.max_images)
     if train:
         return scene_data(num_train=args.num_train, num_val=args.num_val, image_size=size,
                           num_objects=(1, args.max_objects), seed=args.seed, min_count=args.min_count or 1)
@@ -154,17 +153,20 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_caption(args: argparse.Namespace) -> int:
-    from visattn.models import load
-    from visattn.tasks.caption import caption_images
+    from visattn.viz import caption_figure
 
     if args.n_best > args.beam_size:
         raise UsageError(f"--n-best ({args.n_best}) cannot exceed --beam-size ({args.beam_size})")
-    device = select_device(args.device)
-    model = load(args.checkpoint, task="caption", map_location=str(device))
-    results = caption_images(model, args.images, image_size=args.image_size, beam_size=args.beam_size,
-                             n_best=args.n_best, max_len=args.max_len, out_dir=args.out)
-    for result in results:
-        for rank, (text, score) in enumerate(result.captions, start=1):
-            print(f"{result.path}\t{rank}\t{score:.3f}\t{text}")
-        print(f"{result.path}\tfigures\t{' '.join(str(p) for p in result.figures) or '-'}")
+    predictor = load_predictor(args, "caption")
+    prepared = predictor.preprocess(args.images)
+    results = predictor.predict(prepared, beam_size=args.beam_size, n_best=args.n_best, max_len=args.max_len)
+    for i, (image, result) in enumerate(zip(prepared.images, results)):
+        for rank, hypothesis in enumerate(result.captions, start=1):
+            print(f"{result.source}\t{rank}\t{hypothesis.score:.3f}\t{hypothesis.text}")
+        figures = []
+        if result.words:
+            stem = args.out / f"{i:03d}_{Path(result.source).stem}_caption"
+            figures = caption_figure(image, result.words, result.attention, stem.with_suffix(".png"),
+                                     stem.with_suffix(".gif"))
+        print(f"{result.source}\tfigures\t{' '.join(str(p) for p in figures) or '-'}")
     return 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from visattn.cli.common import (
-    CliError, add_device_option, add_train_options, load_json_config,
+    CliError, add_device_option, add_strict_option, add_train_options, load_json_config, load_predictor,
     positive_int, report_metrics, report_training, train_config_from_args,
 )
 from visattn.engine import select_device
@@ -21,12 +21,11 @@ def register(commands: dict) -> None:
     train = commands["train"].add_parser(
         "classify", help="train an attention (or GAP) classifier",
         description="Train an image classifier with attention pooling (or its global-average-pooling baseline) "
-                    "on cluttered procedural scenes or an ImageFolder tree (DIR/train/<class>/*, DIR/val/<class>/*).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "on cluttered procedural scenes or an ImageFolder tree (DIR/train/<class>/*, DIR/val/<class>/*).")
     data = train.add_argument_group("data")
     data.add_argument("--data-dir", type=Path, default=None,
                       help="ImageFolder root with train/ and val/; default: procedural scenes")
-    data.add_argument("--strict", action="store_true", help="stop at the first corrupt image instead of skipping it")
+    add_strict_option(data)
     data.add_argument("--num-train", type=positive_int, default=5000, help="procedural training images")
     data.add_argument("--num-val", type=positive_int, default=1000, help="procedural validation images")
     data.add_argument("--image-size", type=positive_int, default=64, help="square image side in pixels")
@@ -54,7 +53,7 @@ def register(commands: dict) -> None:
     predict.add_argument("images", nargs="+", type=Path, help="image files (any format Pillow reads)")
     predict.add_argument("--checkpoint", required=True, help="a classifier checkpoint")
     predict.add_argument("--out", type=Path, default=Path("predictions"), help="folder for the overlays")
-    predict.add_argument("--topk", type=positive_int, default=3, help="how many labels to print")
+    predict.add_argument("--top-k", type=positive_int, default=3, help="how many labels to print")
     add_device_option(predict)
     predict.set_defaults(handler=run_predict)
 
@@ -117,21 +116,17 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from visattn.data.images import image_to_tensor, load_image
-    from visattn.models import load
-    from visattn.tasks.classify import predict
     from visattn.viz import overlay
 
-    device = select_device(args.device)
-    model = load(args.checkpoint, task="classify", map_location=str(device))
-    size = model.config.image_size
-    images = torch.stack([image_to_tensor(load_image(path), size=(size, size)) for path in args.images])
+    predictor = load_predictor(args, "classify")
+    prepared = predictor.preprocess(args.images)
     args.out.mkdir(parents=True, exist_ok=True)
-    for path, image, result in zip(args.images, images, predict(model, images, args.images, topk=args.topk)):
-        target = args.out / f"{path.stem}_attention.png"
+    results = predictor.predict(prepared, top_k=args.top_k)
+    for i, (image, result) in enumerate(zip(prepared.images, results)):
+        target = args.out / f"{i:03d}_{Path(result.source).stem}_attention.png"
         overlay(image, result.attention.mean(dim=0)).save(target)
-        others = ", ".join(f"{name} {p:.3f}" for name, p in result.topk[1:])
-        print(f"{path}\t{result.label}\t{result.confidence:.3f}\t{others}\t{target}")
+        others = ", ".join(f"{name} {p:.3f}" for name, p in result.top_k[1:])
+        print(f"{result.source}\t{result.label}\t{result.score:.3f}\t{others}\t{target}")
     return 0
 
 

@@ -15,8 +15,18 @@ import torch
 from visattn.config import config_from_dict
 from visattn.engine import TrainConfig
 
-__all__ = ["UsageError", "CliError", "add_train_options", "train_config_from_args", "load_json_config",
+__all__ = ["HelpFormatter", "UsageError", "CliError", "add_strict_option", "load_predictor", "add_train_options", "train_config_from_args", "load_json_config",
            "add_device_option", "report_metrics", "report_training", "setup_logging", "positive_int", "non_negative_int", "set_threads"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already says its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or "%(default)" in text:
+            return text
+        return super()._get_help_string(action) or text
 
 
 class UsageError(Exception):
@@ -46,6 +56,20 @@ def add_device_option(parser: argparse.ArgumentParser) -> None:
                         help="cpu, cuda, cuda:N, mps, or auto (CUDA, then MPS, then CPU) (default: auto)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads for PyTorch (default: PyTorch's choice)")
+
+
+def add_strict_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The one bad-data flag of every command that reads data files: skip and report by default."""
+    parser.add_argument("--strict", action="store_true",
+                        help="stop at the first bad record or unreadable image instead of skipping and reporting it")
+
+
+def load_predictor(args: argparse.Namespace, task: str):
+    """The :class:`visattn.Predictor` of ``--checkpoint`` on ``--device``, refusing another task's checkpoint."""
+    from visattn.predictor import Predictor
+
+    return Predictor.from_checkpoint(args.checkpoint, device=args.device, task=task,
+                                     image_size=getattr(args, "image_size", None))
 
 
 def set_threads(args: argparse.Namespace) -> None:

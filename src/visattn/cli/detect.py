@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from visattn.cli.common import (
-    UsageError, add_device_option, add_train_options, load_json_config,
+    UsageError, add_device_option, add_strict_option, add_train_options, load_json_config, load_predictor,
     positive_int, report_metrics, report_training, train_config_from_args,
 )
 from visattn.engine import TrainConfig, select_device
@@ -20,15 +20,13 @@ def register(commands: dict) -> None:
         "detect", help="train a DETR-style detector",
         description="Train a detector whose learned object queries attend over the encoder's grid (set prediction "
                     "with Hungarian matching) on procedural multi-object scenes or COCO instances files. The "
-                    "checkpoint with the best validation mAP is kept.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "checkpoint with the best validation mAP is kept.")
     data = train.add_argument_group("data (default: procedural multi-object scenes)")
     data.add_argument("--coco-train", type=Path, nargs=2, metavar=("JSON", "IMAGES"), default=None,
                       help="COCO instances file and its image folder for training")
     data.add_argument("--coco-val", type=Path, nargs=2, metavar=("JSON", "IMAGES"), default=None,
                       help="COCO instances file and its image folder for validation")
-    data.add_argument("--strict", action="store_true",
-                      help="stop at the first invalid annotation or missing image instead of skipping it")
+    add_strict_option(data)
     data.add_argument("--num-train", type=positive_int, default=10000, help="procedural training scenes")
     data.add_argument("--num-val", type=positive_int, default=500, help="procedural validation scenes")
     data.add_argument("--max-objects", type=positive_int, default=3, help="procedural: 1..N objects per scene")
@@ -107,13 +105,18 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_detect(args: argparse.Namespace) -> int:
-    from visattn.models import load
-    from visattn.tasks.detect import detect_files, format_detection
+    from visattn.data.images import load_image
+    from visattn.tasks.detect import format_detection
+    from visattn.viz import detection_figure
 
     if not 0.0 <= args.score_threshold <= 1.0:
         raise UsageError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
-    device = select_device(args.device)
-    model = load(args.checkpoint, task="detect", map_location=str(device))
-    for result in detect_files(model, args.images, args.out, score_threshold=args.score_threshold, top_k=args.top_k):
-        print(format_detection(result))
+    predictor = load_predictor(args, "detect")
+    results = predictor.predict(args.images, score_threshold=args.score_threshold, top_k=args.top_k)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for i, (path, result) in enumerate(zip(args.images, results)):
+        figure = args.out / f"{i:03d}_{path.stem}_detections.png"
+        detection_figure(load_image(path), result.boxes, result.label_ids, result.scores,
+                         predictor.model.config.class_names, result.attention, figure)
+        print(format_detection(result, figure))
     return 0

@@ -23,30 +23,24 @@ from torch.utils.data import DataLoader, Dataset
 
 from visattn import distributed as dist
 from visattn.data.feature_cache import ensure_feature_cache
-from visattn.data.images import image_to_tensor, load_image
 from visattn.data.vocab import Vocabulary
 from visattn.encoders import EncoderConfig
-from visattn.engine import TaskSpec, TrainConfig, fit, seed_everything, select_device
+from visattn.engine import TrainConfig, fit, seed_everything, select_device
 from visattn.heads.captioner import CaptionerConfig  # importing it registers "captioner"
 from visattn.metrics.attention_correctness import AttentionCorrectness
 from visattn.metrics.captions import caption_scores
 from visattn.metrics.localisation import box_masks
 from visattn.models import build_model
+from visattn.results import CaptionHypothesis, CaptionResult
+from visattn.tasks.base import Task, register_task, unwrap
 from visattn.data.caption_data import CaptionData, CaptionDataset, collate, teacher_forced_objects
 
-__all__ = ["caption_task", "evaluate_captioner", "train_captioner", "check_vocabulary", "eval_dataset",
-           "hypothesis_words", "caption_tensors", "caption_images", "CaptionResult", "MODEL_NAME",
-           "demo_model_config", "demo_data_plan", "run_caption_demo"]
+__all__ = ["CaptionTask", "evaluate_captioner", "train_captioner", "check_vocabulary", "eval_dataset",
+           "hypothesis_words", "MODEL_NAME"]
 
 log = logging.getLogger("visattn")
 
 MODEL_NAME = "captioner"
-
-
-def _core(model: nn.Module) -> nn.Module:
-    """The captioner inside a torch.compile / DDP wrapper."""
-    model = getattr(model, "_orig_mod", model)
-    return getattr(model, "module", model)
 
 
 def _inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -54,16 +48,6 @@ def _inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     if "features" in batch:
         return {"features": batch["features"].to(device, non_blocking=True), "grid": tuple(batch["grid"])}
     return {"images": batch["images"].to(device, non_blocking=True)}
-
-
-def _loss(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
-    tokens = batch["tokens"].to(device, non_blocking=True)
-    # lengths stay on the CPU: the captioner plans its shrinking batch from them without a device sync
-    outputs = model(**_inputs(batch, device), tokens=tokens, lengths=batch["lengths"])
-    # DDP averages gradients over ranks; dividing each rank's token sum by (all tokens / world size) makes
-    # that average the gradient of the global per-token mean, as one process computes it (there: its count).
-    num_targets = dist.all_reduce_mean(outputs["mask"].sum().float()).clamp_min(1e-6)
-    return _core(model).loss(outputs, tokens, num_targets=num_targets)
 
 
 def hypothesis_words(tokens: Sequence[int] | Tensor, vocab: Vocabulary) -> list[str]:
@@ -120,7 +104,7 @@ def evaluate_captioner(model: nn.Module, loader: DataLoader, device: torch.devic
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     model.eval()
-    vocab = Vocabulary.from_list(_core(model).config.vocab)
+    vocab = Vocabulary.from_list(unwrap(model).config.vocab)
     decoded: list[tuple[Any, str, list[str]]] = []  # per image: (id, best caption, references)
     meters: dict[str, AttentionCorrectness] = {}  # "<region>" and "<region>_tf" -> meter
     for batch in loader:
@@ -176,34 +160,81 @@ def _merge_meters(a: dict[str, AttentionCorrectness],
     return a
 
 
-def _param_groups(encoder_lr: float | None):
-    def groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
-        encoder = [p for p in _core(model).encoder.parameters() if p.requires_grad]
+@register_task
+class CaptionTask(Task):
+    """Captioning: the captioner's own loss terms (``loss_ce``, ``loss_attention_reg``, hard attention's
+    ``loss_reinforce`` / ``loss_entropy``; their weights are the model config's, so :attr:`weight_dict` is
+    1 for each), the best checkpoint by validation CIDEr-D from beam-search decoding, the encoder in its own
+    optimizer group at ``encoder_lr`` (None: the main lr).
+
+    Args:
+        beam_size, max_len, length_penalty: decoding for validation.
+        encoder_lr: learning rate of the encoder's trainable stages.
+        hard: the model uses hard attention (DDP must then find the unused context path's parameters).
+    """
+
+    name = "caption"
+    model_name = "captioner"
+    monitor = "CIDEr-D"
+    predict_options = {"beam_size": 3, "n_best": 1, "max_len": None, "length_penalty": 0.0}
+
+    def __init__(self, *, beam_size: int = 3, max_len: int | None = None, length_penalty: float = 0.0,
+                 encoder_lr: float | None = None, hard: bool = False) -> None:
+        if beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {beam_size}")
+        if max_len is not None and max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        self.beam_size, self.max_len, self.length_penalty = beam_size, max_len, length_penalty
+        self.encoder_lr = encoder_lr
+        self.find_unused_parameters = hard
+        self.weight_dict = {"loss_ce": 1.0, "loss_attention_reg": 1.0, "loss_reinforce": 1.0, "loss_entropy": 1.0}
+
+    def collate(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return collate(samples)
+
+    def criterion(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+        tokens = batch["tokens"].to(device, non_blocking=True)
+        # lengths stay on the CPU: the captioner plans its shrinking batch from them without a device sync
+        outputs = model(**_inputs(batch, device), tokens=tokens, lengths=batch["lengths"])
+        # DDP averages gradients over ranks; dividing each rank's token sum by (all tokens / world size) makes
+        # that average the gradient of the global per-token mean, as one process computes it (there: its count).
+        num_targets = dist.all_reduce_mean(outputs["mask"].sum().float()).clamp_min(1e-6)
+        terms = unwrap(model).loss(outputs, tokens, num_targets=num_targets)
+        terms.pop("loss")  # the engine weighs the terms itself
+        return terms
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        return evaluate_captioner(model, loader, device, beam_size=self.beam_size, max_len=self.max_len,
+                                  length_penalty=self.length_penalty)
+
+    def param_groups(self, model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+        encoder = [p for p in unwrap(model).encoder.parameters() if p.requires_grad]
         in_encoder = {id(p) for p in encoder}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in in_encoder]
-        out: list[dict[str, Any]] = [{"params": rest}]
+        groups: list[dict[str, Any]] = [{"params": rest}]
         if encoder:
-            out.append({"params": encoder, "lr": cfg.lr if encoder_lr is None else encoder_lr})
-        return out
+            groups.append({"params": encoder, "lr": cfg.lr if self.encoder_lr is None else self.encoder_lr})
+        return groups
 
-    return groups
-
-
-def caption_task(*, beam_size: int = 3, max_len: int | None = None, length_penalty: float = 0.0,
-                 encoder_lr: float | None = None) -> TaskSpec:
-    """The engine's view of captioning: the model's loss; the best checkpoint by validation CIDEr-D from
-    beam-search decoding; the encoder in its own optimizer group at ``encoder_lr`` (None: the main lr)."""
-    if beam_size < 1:
-        raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-    if max_len is not None and max_len < 1:
-        raise ValueError(f"max_len must be >= 1, got {max_len}")
-
-    def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
-        return evaluate_captioner(model, loader, device, beam_size=beam_size, max_len=max_len,
-                                  length_penalty=length_penalty)
-
-    return TaskSpec(name="caption", collate=collate, loss=_loss, evaluate=evaluate, monitor="CIDEr-D", mode="max",
-                    param_groups=_param_groups(encoder_lr), sharded_eval=True)
+    def predict(self, model: nn.Module, images: Tensor, sizes: Sequence[tuple[int, int]], sources: Sequence[str],
+                *, beam_size: int = 3, n_best: int = 1, max_len: int | None = None,
+                length_penalty: float = 0.0) -> list[CaptionResult]:
+        vocab = Vocabulary.from_list(model.config.vocab)
+        hypotheses = model.generate(images, beam_size=beam_size, n_best=n_best, max_len=max_len,
+                                    length_penalty=length_penalty)
+        results = []
+        for source, size, hyps in zip(sources, sizes, hypotheses):
+            captions = []
+            for h in hyps:
+                words = hypothesis_words(h.tokens, vocab)
+                scores = [float(v) for v in h.token_logprobs]
+                captions.append(CaptionHypothesis(
+                    text=_caption_text(words), words=words, word_scores=scores[: len(words)],
+                    end_score=scores[len(words)] if h.finished and len(scores) > len(words) else None,
+                    score=float(h.score), attention=h.attention[: len(words)].float().cpu(), finished=h.finished))
+            grid = tuple(hyps[0].attention.shape[-2:])
+            results.append(CaptionResult(source=str(source), captions=captions, image_size=tuple(size), grid=grid))
+        return results
 
 
 def check_vocabulary(model_vocab: Sequence[str], data_vocab: Vocabulary, what: str) -> None:
@@ -263,180 +294,11 @@ def train_captioner(model_config: CaptionerConfig, data: CaptionData, train_conf
     val_set = CaptionDataset(val_items, data.val.tokens, data.vocab, mode="images")
     log.info("training %s captioner (attention=%s) on %s: %d items, vocabulary %d", model_config.attention_mode,
              model_config.attention, data.source, len(train_set), len(data.vocab))
-    task = caption_task(beam_size=beam_size, max_len=max_len, encoder_lr=encoder_lr)
-    return fit(model, MODEL_NAME, task, train_set, val_set, train_config, run_dir, resume=resume)
+    task = CaptionTask(beam_size=beam_size, max_len=max_len, encoder_lr=encoder_lr,
+                       hard=model_config.attention_mode == "hard")
+    return fit(model, task, train_set, val_set, train_config, run_dir, resume=resume)
 
 
 def eval_dataset(model: nn.Module, source: Dataset) -> CaptionDataset:
     """An evaluation set over ``source`` encoded with the model's own vocabulary (one item per image)."""
     return CaptionDataset(source, source.tokens, Vocabulary.from_list(model.config.vocab), mode="images")
-
-
-@dataclass
-class CaptionResult:
-    """One image's captions.
-
-    Attributes:
-        path: the image file.
-        captions: the n-best ``(caption, score)`` pairs, best first.
-        words: the best caption's words, one per decoding step (``<unk>`` kept).
-        attention: (T, H', W') attention of the best caption, one map per word.
-        figures: the PNG and GIF written (empty without ``out_dir``).
-    """
-
-    path: str
-    captions: list[tuple[str, float]]
-    words: list[str]
-    attention: Tensor
-    figures: list[Path]
-
-
-@torch.no_grad()
-def caption_tensors(model: nn.Module, images: Tensor, names: Sequence[str], *, beam_size: int = 3, n_best: int = 1,
-                    max_len: int | None = None, length_penalty: float = 0.0, out_dir: str | Path | None = None,
-                    batch_size: int = 16) -> list[CaptionResult]:
-    """Caption images already in memory, (N, 3, H, W) in [0, 1], named ``names`` (file stems for figures).
-
-    Args:
-        model: a captioner.
-        images, names: the images and one name each.
-        beam_size, n_best, max_len, length_penalty: decoding (1 <= n_best <= beam_size).
-        out_dir: where ``<name>_caption.png`` and ``<name>_caption.gif`` go (image, then one panel per word).
-        batch_size: images decoded together.
-
-    Raises:
-        ValueError: beam_size, n_best or max_len < 1, or n_best > beam_size.
-    """
-    if beam_size < 1 or n_best < 1 or (max_len is not None and max_len < 1):
-        raise ValueError(f"beam_size, n_best and max_len must be >= 1, got {beam_size}, {n_best}, {max_len}")
-    if n_best > beam_size:
-        raise ValueError(f"n_best ({n_best}) cannot exceed beam_size ({beam_size})")
-    device = next(model.parameters()).device
-    vocab = Vocabulary.from_list(model.config.vocab)
-    results: list[CaptionResult] = []
-    stems: dict[str, int] = {}
-    for start in range(0, len(images), batch_size):
-        hypotheses = model.generate(images[start:start + batch_size].to(device), beam_size=beam_size,
-                                    n_best=n_best, max_len=max_len, length_penalty=length_penalty)
-        for offset, hyps in enumerate(hypotheses):
-            name = str(names[start + offset])
-            words = hypothesis_words(hyps[0].tokens, vocab)
-            attention = hyps[0].attention[: len(words)].float().cpu()  # (T, H', W'): one map per word
-            figures: list[Path] = []
-            if out_dir is not None and words:
-                from visattn.viz import caption_figure  # matplotlib only when drawing
-
-                base = Path(name).stem
-                stems[base] = stems.get(base, 0) + 1  # a.png and other/a.png must not overwrite each other
-                stem = Path(out_dir) / (f"{base}_caption" if stems[base] == 1 else f"{base}_{stems[base]}_caption")
-                figures = caption_figure(images[start + offset], words, attention, stem.with_suffix(".png"),
-                                         stem.with_suffix(".gif"))
-            captions = [(_caption_text(hypothesis_words(h.tokens, vocab)), float(h.score)) for h in hyps]
-            results.append(CaptionResult(name, captions, words, attention, figures))
-    return results
-
-
-def caption_images(model: nn.Module, paths: Sequence[str | Path], *, image_size: int | None = None,
-                   **options: Any) -> list[CaptionResult]:
-    """Caption image files: each is loaded completely and resized to ``image_size`` (default: the model
-    config's ``image_size``); ``options`` as :func:`caption_tensors`.
-
-    Raises:
-        ImageLoadError: a missing or corrupt image (the message names the file), before any decoding.
-        ValueError: as :func:`caption_tensors`, or no image size known.
-    """
-    size = image_size or getattr(model.config, "image_size", None)
-    if not size:
-        raise ValueError("caption_images: pass image_size (the side the captioner was trained at)")
-    images = torch.stack([image_to_tensor(load_image(path), size=size) for path in paths])  # (N, 3, S, S)
-    return caption_tensors(model, images, [str(p) for p in paths], **options)
-
-
-# ----------------------------------------------------------------------------------------------------- demo
-# Nominal training speed of the demo model on 2 CPU cores: the prototype ran ~270 images/s (docs/design.md);
-# we measured 160 on a busy machine. A little below the idle speed keeps the demo under its budget.
-DEMO_IMAGES_PER_SECOND = 200.0
-
-
-def demo_model_config(*, attention: str = "additive", attention_mode: str = "soft") -> CaptionerConfig:
-    """The captioner of the demo and the quality benchmark: 8×8×128 grid, LSTM 256, attention 128 (the
-    prototype of docs/design.md); the doubly stochastic regulariser is off (it spreads attention)."""
-    return CaptionerConfig(encoder=EncoderConfig(name="small_cnn", width=128, depth=4, num_downsample=3),
-                           attention=attention, attention_mode=attention_mode, attention_dim=128,
-                           decoder_dim=256, embed_dim=128, dropout=0.1, alpha_c=0.0, max_len=24)
-
-
-def demo_data_plan(seconds_budget: float, *, epochs: int = 4,
-                   images_per_second: float = DEMO_IMAGES_PER_SECOND) -> dict[str, int]:
-    """How many scenes the demo draws for a budget: about 75% of it trains at the nominal speed. A pure
-    function of the budget, so a run is repeatable from its seed and budget (not from the clock)."""
-    if seconds_budget <= 0:
-        raise ValueError(f"seconds_budget must be positive, got {seconds_budget}")
-    num_train = int(0.75 * seconds_budget * images_per_second / epochs) // 100 * 100
-    return {"num_train": max(num_train, 100), "num_val": int(min(max(seconds_budget / 2, 20), 200)),
-            "num_test": int(min(max(1.5 * seconds_budget, 20), 500)), "epochs": epochs}
-
-
-def run_caption_demo(out_dir: str | Path, *, seconds_budget: float = 360.0, seed: int = 0, num_figures: int = 4,
-                     beam_size: int = 3, progress: bool = True, printer: Any = print) -> dict[str, Any]:
-    """Train a soft-attention captioner on procedural scenes, evaluate it on held-out scenes, draw figures.
-
-    Everything is a function of ``(seed, seconds_budget)``: the data size comes from
-    :func:`demo_data_plan`, not from the clock. At the nominal speed the whole run takes about the budget
-    (default 6 minutes on 2 CPU cores).
-
-    Args:
-        out_dir: gets ``run/`` (checkpoints, metrics.jsonl, curves.png), ``figures/`` (per test image the
-            per-word attention figure as PNG and GIF) and ``metrics.json``.
-        seconds_budget: sets the amount of training data.
-        seed: data, weights and order.
-        num_figures: test images drawn.
-        beam_size: decoding for validation and test.
-        progress: progress bars.
-        printer: where the summary lines go (``print``; a no-op to stay quiet).
-
-    Returns:
-        ``{"metrics": test metrics, "train_seconds", "total_seconds", "figures": [paths], "checkpoint",
-        "data"}``.
-    """
-    import json
-    import time
-
-    from visattn.models import load
-    from visattn.data.caption_data import scene_data
-
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-    plan = demo_data_plan(seconds_budget)
-    data = scene_data(num_train=plan["num_train"], num_val=plan["num_val"], num_test=plan["num_test"],
-                      image_size=64, num_objects=(1, 3), seed=seed)
-    train_config = TrainConfig(epochs=plan["epochs"], batch_size=64, lr=2e-3, warmup_steps=100, seed=seed,
-                               device="cpu", progress=progress)
-    run = train_captioner(demo_model_config(), data, train_config, out_dir / "run", beam_size=beam_size,
-                          mode="random")
-    train_seconds = sum(r["train_seconds"] for r in run["history"])
-    model = load(out_dir / "run" / "best.safetensors", task="caption")
-    test = eval_dataset(model, data.test)
-    loader = DataLoader(test, batch_size=64, collate_fn=collate)
-    metrics = evaluate_captioner(model, loader, torch.device("cpu"), beam_size=beam_size)
-    shown = collate([test[i] for i in range(min(num_figures, len(test)))])
-    results = caption_tensors(model, shown["images"], [f"test_{i:03d}" for i in shown["image_ids"]],
-                              beam_size=beam_size, out_dir=out_dir / "figures")
-    summary = {"metrics": metrics, "train_seconds": train_seconds,
-               "total_seconds": time.perf_counter() - started, "figures": [str(p) for r in results for p in r.figures],
-               "checkpoint": str(out_dir / "run" / "best.safetensors"), "data": data.source}
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    printer(f"captioning demo: {plan['num_train']} training scenes x {plan['epochs']} epochs, "
-            f"{train_seconds:.0f} s training, {len(test)} held-out test scenes, beam {beam_size}")
-    for key in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"):
-        printer(f"  {key:<8} {metrics[key]:.3f}")
-    if "attention_correctness" in metrics:
-        printer(f"  attention correctness {metrics['attention_correctness']:.3f} on generated words "
-                f"(uniform {metrics['uniform_correctness']:.3f}); "
-                f"{metrics.get('attention_correctness_tf', float('nan')):.3f} with teacher forcing")
-        if "attention_correctness_box" in metrics:
-            printer(f"  attention correctness in boxes {metrics['attention_correctness_box']:.3f} "
-                    f"(uniform {metrics['uniform_correctness_box']:.3f})")
-    for result in results:
-        printer(f"  {result.path}: {result.captions[0][0]!r} -> {result.figures[0] if result.figures else '-'}")
-    return summary

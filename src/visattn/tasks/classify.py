@@ -1,5 +1,8 @@
 """The classification task: data, loss, evaluation and prediction around the attention classifier.
 
+:class:`ClassifyTask` is what the engine and :class:`visattn.Predictor` drive; the functions around it build
+its data (procedural scenes or an ImageFolder tree) and train it.
+
 Library functions only (no argument parsing): ``visattn.cli`` builds the pieces from the command line
 and calls these, and so can a script.
 """
@@ -18,13 +21,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from visattn import distributed as dist
 from visattn.data.scenes import SceneConfig, SceneDataset
-from visattn.engine import TaskSpec, TrainConfig, fit
+from visattn.engine import TrainConfig, fit
 from visattn.heads.classifier import ClassifierConfig
 from visattn.metrics.localisation import LocalisationMeter
 from visattn.models import build_model
+from visattn.results import ClassifyResult
+from visattn.tasks.base import Task, register_task
 
-__all__ = ["ClassifyData", "scene_data", "imagefolder_data", "collate", "classification_task", "train_classifier",
-           "evaluate_classifier", "predict", "Prediction"]
+__all__ = ["ClassifyData", "ClassifyTask", "scene_data", "imagefolder_data", "collate", "train_classifier",
+           "evaluate_classifier"]
 
 log = logging.getLogger("visattn")
 
@@ -51,7 +56,8 @@ def scene_data(*, num_train: int = 5000, num_val: int = 1000, image_size: int = 
                clutter: int | None = None, num_workers: int = 0) -> ClassifyData:
     """Cluttered single-object procedural scenes, rendered once into memory.
 
-    Train and validation sets are drawn from different seeds (``seed`` and ``seed + 1``), so no image is in both.
+    Train and validation sets are drawn from the seeds ``2·seed`` and ``2·seed + 1``, so no image is in both and
+    no two values of ``seed`` share a set.
     """
     config = SceneConfig(kind="single", image_size=image_size, clutter=clutter)
     train = SceneDataset(config, num_samples=num_train, seed=2 * seed).materialize(num_workers=num_workers)
@@ -92,13 +98,6 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {"images": images, "labels": labels, "boxes": boxes, "image_ids": [s.get("image_id") for s in samples]}
 
 
-def _loss(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
-    images = batch["images"].to(device, non_blocking=True)
-    labels = batch["labels"].to(device, non_blocking=True)
-    loss_ce = F.cross_entropy(model(images)["logits"].float(), labels)
-    return {"loss": loss_ce, "loss_ce": loss_ce}
-
-
 def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.device, *, topk: int = 5) -> dict[str, float]:
     """Accuracy, error, top-k accuracy and, when boxes exist, pointing game / energy in box / uniform energy."""
     model.eval()
@@ -116,7 +115,7 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.devi
             total += len(labels)
             if batch["boxes"] is not None:
                 meter.update(out["attention"], batch["boxes"], tuple(images.shape[-2:]))
-    # under torchrun with a sharded loader: the sums over every rank's share (see engine.TaskSpec.sharded_eval)
+    # under torchrun with a sharded loader: the sums over every rank's share (see Task.sharded_eval)
     correct, correct_k, total = dist.merge_shards((correct, correct_k, total), loader,
                                                   lambda a, b: tuple(x + y for x, y in zip(a, b)))
     meter = dist.merge_shards(meter, loader, LocalisationMeter.merge)
@@ -127,11 +126,49 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.devi
     return metrics
 
 
-def classification_task(*, topk: int = 5) -> TaskSpec:
-    """The engine's view of classification: cross entropy, best checkpoint by validation accuracy."""
-    return TaskSpec(name="classify", collate=collate, loss=_loss,
-                    evaluate=lambda model, loader, device: evaluate_classifier(model, loader, device, topk=topk),
-                    monitor="accuracy", mode="max", sharded_eval=True)
+@register_task
+class ClassifyTask(Task):
+    """Classification: cross entropy (``loss_ce``), best checkpoint by validation accuracy.
+
+    Args:
+        topk: the k of the ``top<k>_accuracy`` metric.
+    """
+
+    name = "classify"
+    model_name = "classifier"
+    monitor = "accuracy"
+    predict_options = {"top_k": 5}
+
+    def __init__(self, *, topk: int = 5) -> None:
+        self.topk = topk
+        self.weight_dict = {"loss_ce": 1.0}
+
+    def collate(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return collate(samples)
+
+    def criterion(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+        images = batch["images"].to(device, non_blocking=True)
+        labels = batch["labels"].to(device, non_blocking=True)
+        return {"loss_ce": F.cross_entropy(model(images)["logits"].float(), labels)}
+
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        return evaluate_classifier(model, loader, device, topk=self.topk)
+
+    def predict(self, model: nn.Module, images: Tensor, sizes: Sequence[tuple[int, int]], sources: Sequence[str],
+                *, top_k: int = 5) -> list[ClassifyResult]:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+        out = model(images)
+        probs = out["logits"].float().softmax(dim=-1).cpu()  # (B, K)
+        attention = out["attention"].float().cpu()  # (B, G, H', W')
+        names = model.config.class_names
+        values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)  # (B, k) each
+        results = []
+        for i, source in enumerate(sources):
+            top = [(names[j], float(v)) for v, j in zip(values[i].tolist(), indices[i].tolist())]
+            results.append(ClassifyResult(source=str(source), label=top[0][0], score=top[0][1], top_k=top,
+                                          attention=attention[i], image_size=tuple(sizes[i])))
+        return results
 
 
 def train_classifier(model_config: ClassifierConfig, data: ClassifyData, train_config: TrainConfig,
@@ -140,32 +177,4 @@ def train_classifier(model_config: ClassifierConfig, data: ClassifyData, train_c
     model_config = replace(model_config, class_names=list(data.class_names), image_size=data.image_size[0])
     model = build_model("classifier", model_config)
     log.info("training %s classifier on %s", model_config.pooling, data.source)
-    return fit(model, "classifier", classification_task(), data.train, data.val, train_config, run_dir, resume=resume)
-
-
-@dataclass
-class Prediction:
-    """One image's prediction: top label, its probability, the top-k, and the attention (G, H', W')."""
-
-    path: str
-    label: str
-    confidence: float
-    topk: list[tuple[str, float]]
-    attention: Tensor
-
-
-def predict(model: nn.Module, images: Tensor, paths: Sequence[str], *, topk: int = 3) -> list[Prediction]:
-    """Classify a batch of images (B, 3, H, W) in [0, 1] with a loaded classifier."""
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        out = model(images.to(device))
-    probs = out["logits"].float().softmax(dim=-1).cpu()
-    names = model.config.class_names
-    k = min(topk, probs.shape[-1])
-    results = []
-    for i, path in enumerate(paths):
-        values, indices = probs[i].topk(k)
-        top = [(names[j], float(v)) for v, j in zip(values.tolist(), indices.tolist())]
-        results.append(Prediction(str(path), top[0][0], top[0][1], top, out["attention"][i].cpu()))
-    return results
+    return fit(model, ClassifyTask(), data.train, data.val, train_config, run_dir, resume=resume)

@@ -24,14 +24,16 @@ from torch.utils.data import DataLoader, Dataset
 from visattn import distributed as dist
 from visattn.data.coco import CocoDetectionDataset
 from visattn.data.scenes import SceneConfig, SceneDataset
-from visattn.engine import TaskSpec, TrainConfig, fit
+from visattn.engine import TrainConfig, fit
 from visattn.heads.detection_loss import SetCriterion, targets_from_samples
 from visattn.heads.detector import DetectorConfig
 from visattn.metrics.detection import attention_localization, coco_map
 from visattn.models import build_model
+from visattn.results import DetectResult
+from visattn.tasks.base import Task, register_task
 
-__all__ = ["DetectData", "Detection", "ResizeImage", "coco_data", "collate", "detect", "detect_files",
-           "detection_task", "evaluate_detector", "format_detection", "scene_data", "train_detector"]
+__all__ = ["DetectData", "DetectTask", "ResizeImage", "coco_data", "collate", "evaluate_detector",
+           "format_detection", "scene_data", "train_detector"]
 
 log = logging.getLogger("visattn")
 
@@ -156,23 +158,63 @@ def evaluate_detector(model: nn.Module, loader: DataLoader, device: torch.device
     return metrics
 
 
-def detection_task(num_classes: int, *, eos_coef: float = 0.1, loss_ce: float = 1.0, loss_bbox: float = 5.0,
-                   loss_giou: float = 2.0, category_ids: Sequence[int] | None = None) -> TaskSpec:
-    """The engine's view of detection: Hungarian-matched set loss, best checkpoint by validation mAP."""
-    criterion = SetCriterion(num_classes, eos_coef=eos_coef, loss_ce=loss_ce, loss_bbox=loss_bbox,
-                             loss_giou=loss_giou)
+@register_task
+class DetectTask(Task):
+    """Detection: Hungarian-matched set loss (``loss_ce``, ``loss_bbox``, ``loss_giou`` and their auxiliary
+    ``_<layer>`` copies, weighted by :attr:`weight_dict`), best checkpoint by validation mAP.
 
-    def loss(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+    Args:
+        num_classes: K object classes (the criterion adds "no object"); None until the data is known
+            (enough for prediction and evaluation, which need no criterion).
+        eos_coef: weight of the no-object class inside ``loss_ce``.
+        loss_ce, loss_bbox, loss_giou: the terms' weights in the total (DETR's 1, 5, 2).
+        category_ids: COCO ids of the classes, so that mAP is reported against the file's ids.
+    """
+
+    name = "detect"
+    model_name = "detector"
+    monitor = "map"
+    predict_options = {"score_threshold": 0.5, "top_k": 100}
+
+    def __init__(self, num_classes: int | None = None, *, eos_coef: float = 0.1, loss_ce: float = 1.0,
+                 loss_bbox: float = 5.0, loss_giou: float = 2.0, category_ids: Sequence[int] | None = None) -> None:
+        self.criterion_module = None if num_classes is None else SetCriterion(
+            num_classes, eos_coef=eos_coef, loss_ce=loss_ce, loss_bbox=loss_bbox, loss_giou=loss_giou)
+        self.weight_dict = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": loss_giou}
+        self.category_ids = category_ids
+
+    def collate(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return collate(samples)
+
+    def criterion(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+        if self.criterion_module is None:
+            raise ValueError("DetectTask(num_classes=None) has no criterion: pass num_classes to train")
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in batch["targets"]]
         # Under DDP the box and class-weight counts are the means over ranks: the averaged gradient is then
         # the gradient of the loss over the global batch, whatever each rank's share of objects.
-        return criterion(model(batch["images"].to(device, non_blocking=True)), targets,
-                         reduce_counts=dist.all_reduce_mean)
+        terms = self.criterion_module(model(batch["images"].to(device, non_blocking=True)), targets,
+                                      reduce_counts=dist.all_reduce_mean)
+        terms.pop("loss")  # the engine weighs the terms itself (the same weight_dict)
+        return terms
 
-    return TaskSpec(name="detect", collate=collate, loss=loss,
-                    evaluate=lambda model, loader, device: evaluate_detector(model, loader, device,
-                                                                             category_ids=category_ids),
-                    monitor="map", mode="max", sharded_eval=True)
+    def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
+        return evaluate_detector(model, loader, device, category_ids=self.category_ids)
+
+    def predict(self, model: nn.Module, images: Tensor, sizes: Sequence[tuple[int, int]], sources: Sequence[str],
+                *, score_threshold: float = 0.5, top_k: int = 100) -> list[DetectResult]:
+        if isinstance(score_threshold, bool) or not isinstance(score_threshold, (int, float)) \
+                or not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be a number in [0, 1], got {score_threshold!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+        kept = model.postprocess(model(images), [tuple(s) for s in sizes], score_threshold=float(score_threshold),
+                                 top_k=top_k)
+        names = model.config.class_names
+        return [DetectResult(source=str(source), boxes=d["boxes"].cpu(), scores=d["scores"].cpu(),
+                             labels=[names[i] for i in d["labels"].tolist()], label_ids=d["labels"].cpu(),
+                             query_index=d["query_index"].cpu(), attention=d["attention"].float().cpu(),
+                             image_size=tuple(size))
+                for source, size, d in zip(sources, sizes, kept)]
 
 
 def train_detector(model_config: DetectorConfig, data: DetectData, train_config: TrainConfig, run_dir: str | Path,
@@ -183,69 +225,13 @@ def train_detector(model_config: DetectorConfig, data: DetectData, train_config:
     model = build_model("detector", model_config)
     log.info("training detector (%d queries, %d layers) on %s", model_config.num_queries, model_config.num_layers,
              data.source)
-    task = detection_task(len(data.class_names), eos_coef=eos_coef, category_ids=data.category_ids)
-    return fit(model, "detector", task, data.train, data.val, train_config, run_dir, resume=resume)
+    task = DetectTask(len(data.class_names), eos_coef=eos_coef, category_ids=data.category_ids)
+    return fit(model, task, data.train, data.val, train_config, run_dir, resume=resume)
 
 
-@dataclass
-class Detection:
-    """One image's detections: pixel xyxy ``boxes`` (D, 4), ``scores`` (D,), class ``labels`` (names), the kept
-    queries' ``attention`` (D, H', W'), and the figure written for it (if any)."""
-
-    path: str
-    boxes: Tensor
-    scores: Tensor
-    labels: list[str]
-    label_ids: Tensor
-    attention: Tensor
-    figure: str | None = None
-
-
-def detect(model: nn.Module, images: Tensor, paths: Sequence[str], image_sizes: Sequence[tuple[int, int]], *,
-           score_threshold: float = 0.5, top_k: int = 100) -> list[Detection]:
-    """Detect objects in a batch of images (B, 3, S, S) in [0, 1] with a loaded detector.
-
-    ``image_sizes`` are the original (H, W) of each image; boxes come back in those pixels.
-    """
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        out = model(images.to(device))
-        kept = model.postprocess(out, list(image_sizes), score_threshold=score_threshold, top_k=top_k)
-    names = model.config.class_names
-    return [Detection(str(path), d["boxes"].cpu(), d["scores"].cpu(), [names[i] for i in d["labels"].tolist()],
-                      d["labels"].cpu(), d["attention"].cpu()) for path, d in zip(paths, kept)]
-
-
-def detect_files(model: nn.Module, paths: Sequence[str | Path], out_dir: str | Path | None = None, *,
-                 score_threshold: float = 0.5, top_k: int = 100) -> list[Detection]:
-    """Load image files, detect, and (with ``out_dir``) write one figure per image: boxes plus attention maps.
-
-    Raises:
-        visattn.data.images.ImageLoadError: for an unreadable image, naming the file.
-    """
-    from visattn.data.images import image_to_tensor, load_image
-    from visattn.viz import detection_figure
-
-    size = model.config.image_size
-    pictures = [load_image(p) for p in paths]
-    images = torch.stack([image_to_tensor(pic, size) for pic in pictures])  # (B, 3, S, S)
-    sizes = [(pic.height, pic.width) for pic in pictures]
-    results = detect(model, images, [str(p) for p in paths], sizes, score_threshold=score_threshold, top_k=top_k)
-    if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for i, (result, pic) in enumerate(zip(results, pictures)):
-            figure = out / f"{i:03d}_{Path(result.path).stem}_detections.png"
-            detection_figure(pic, result.boxes, result.label_ids, result.scores, model.config.class_names,
-                             result.attention, figure)
-            result.figure = str(figure)
-    return results
-
-
-def format_detection(result: Detection) -> str:
+def format_detection(result: DetectResult, figure: str | Path | None = None) -> str:
     """Lines for the terminal: the file, then one ``label score x1 y1 x2 y2`` line per detection."""
-    lines = [f"{result.path}: {len(result.labels)} detection(s)" + (f" -> {result.figure}" if result.figure else "")]
+    lines = [f"{result.source}: {len(result.labels)} detection(s)" + (f" -> {figure}" if figure else "")]
     for label, score, box in zip(result.labels, result.scores.tolist(), result.boxes.tolist()):
         lines.append(f"  {label:<12} {score:.3f}  " + " ".join(f"{v:7.1f}" for v in box))
     return "\n".join(lines)
