@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader
 
 from visattn.engine import TrainConfig, seed_everything
 from visattn.models import build_model, load
-from visattn.tasks.caption import _loss, demo_model_config, eval_dataset, evaluate_captioner, train_captioner
+from visattn.tasks.caption import CaptionTask, eval_dataset, evaluate_captioner, train_captioner
+from visattn.tasks.demo import demo_model_config
 from visattn.data.caption_data import CaptionDataset, collate, scene_data
 
 MODELS = {"soft": ("additive", "soft"), "hard": ("additive", "hard"), "no_attention": ("none", "soft")}
@@ -55,7 +56,8 @@ def measure_speed(config, data, *, batch_size: int, steps: int, seed: int) -> fl
     for i, batch in enumerate(loader):
         if i == 1:
             count, start = 0, time.perf_counter()
-        loss = _loss(model, batch, device)["loss"]
+        task = CaptionTask()
+        loss = task.total_loss(task.criterion(model, batch, device))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
