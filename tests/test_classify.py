@@ -53,10 +53,10 @@ def test_classifier_contract(glimpses, mode):
                            num_glimpses=glimpses, glimpse_mode=mode, attention_dim=8, hidden_dim=16)
     model = build_model("classifier", cfg)
     out = model(torch.rand(3, 3, 16, 20))
-    assert out["logits"].shape == (3, 4)
+    assert out["pred_logits"].shape == (3, 4)
     assert out["attention"].shape == (3, glimpses, 4, 5)
     torch.testing.assert_close(out["attention"].sum(dim=(-2, -1)), torch.ones(3, glimpses))
-    out["logits"].sum().backward()
+    out["pred_logits"].sum().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing
 

@@ -198,7 +198,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     with torch.no_grad():
         ddp_out = load(tmp_path / "ddp" / "last.safetensors")(images)
         single_out = load(tmp_path / "single" / "last.safetensors")(images)
-    torch.testing.assert_close(ddp_out["logits"], single_out["logits"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ddp_out["pred_logits"], single_out["pred_logits"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ddp_out["attention"], single_out["attention"], rtol=1e-4, atol=1e-5)
     # Captions of different lengths: each rank holds a different number of target tokens, and the loss is
     # still the per-token mean over the global batch (each rank divides by the global count / world size).

@@ -9,7 +9,6 @@ from visattn.cli.common import (
     CliError, UsageError, add_device_option, add_strict_option, add_train_options, load_json_config, load_predictor,
     positive_int, report_metrics, report_training, train_config_from_args,
 )
-from visattn.engine import select_device
 
 __all__ = ["register"]
 
@@ -137,19 +136,16 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from visattn.models import load
-    from visattn.tasks.caption import eval_dataset, evaluate_captioner
-    from visattn.data.caption_data import collate
+    from visattn.tasks.caption import CaptionTask, eval_dataset
 
-    device = select_device(args.device)
-    model = load(args.checkpoint, task="caption", map_location=str(device))
-    data = _data(args, train=False, model_size=model.config.image_size)
+    predictor = load_predictor(args, "caption")
+    data = _data(args, train=False, model_size=predictor.image_size)
     source = data.test if args.karpathy_json is not None and args.split == "test" else data.val
     if source is None:
         raise CliError(f"{args.karpathy_json}: no {args.split!r} images")
-    loader = DataLoader(eval_dataset(model, source), batch_size=args.batch_size, collate_fn=collate)
-    metrics = evaluate_captioner(model, loader, device, beam_size=args.beam_size)
-    return report_metrics(metrics, args.json_out)
+    task = CaptionTask(beam_size=args.beam_size)
+    loader = DataLoader(eval_dataset(predictor.model, source), batch_size=args.batch_size, collate_fn=task.collate)
+    return report_metrics(task.evaluate(predictor.model, loader, predictor.device), args.json_out)
 
 
 def run_caption(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ from visattn.cli.common import (
     CliError, add_device_option, add_strict_option, add_train_options, load_json_config, load_predictor,
     positive_int, report_metrics, report_training, train_config_from_args,
 )
-from visattn.engine import select_device
 from visattn.heads.classifier import ClassifierConfig
 
 __all__ = ["register"]
@@ -90,29 +89,25 @@ def run_train(args: argparse.Namespace) -> int:
     return report_training(result)
 
 
-def _eval_data(args: argparse.Namespace, model: torch.nn.Module):
+def _eval_data(args: argparse.Namespace, image_size: int):
     from visattn.tasks.classify import imagefolder_data, scene_data
 
-    size = model.config.image_size
     if getattr(args, "data_dir", None) is not None:
-        return imagefolder_data(args.data_dir, image_size=size).val
+        return imagefolder_data(args.data_dir, image_size=image_size).val
     data = scene_data(num_train=0, num_val=args.num_samples if hasattr(args, "num_samples") else args.num_images,
-                      image_size=size, seed=args.data_seed)
+                      image_size=image_size, seed=args.data_seed)
     return data.val
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from visattn.models import load
-    from visattn.tasks.classify import collate, evaluate_classifier
+    from visattn.tasks import get_task
 
-    device = select_device(args.device)
-    model = load(args.checkpoint, task="classify", map_location=str(device))
-    dataset = _eval_data(args, model)
-    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate)
-    metrics = evaluate_classifier(model, loader, device)
-    return report_metrics(metrics, args.json_out)
+    predictor = load_predictor(args, "classify")
+    task = get_task("classify")
+    loader = DataLoader(_eval_data(args, predictor.image_size), batch_size=args.batch_size, collate_fn=task.collate)
+    return report_metrics(task.evaluate(predictor.model, loader, predictor.device), args.json_out)
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -131,19 +126,17 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_viz(args: argparse.Namespace) -> int:
-    from visattn.models import load
-    from visattn.tasks.classify import collate
+    from visattn.tasks import get_task
     from visattn.viz import classification_grid
 
-    device = select_device(args.device)
-    model = load(args.checkpoint, task="classify", map_location=str(device))
-    dataset = _eval_data(args, model)
+    predictor = load_predictor(args, "classify")
+    dataset = _eval_data(args, predictor.image_size)
     if len(dataset) == 0:
         raise CliError("no images to draw")
-    batch = collate([dataset[i] for i in range(min(args.num_images, len(dataset)))])
-    with torch.no_grad():
-        out = model(batch["images"].to(device))
-    path = classification_grid(batch["images"], out["attention"].cpu(), batch["labels"],
-                               out["logits"].argmax(-1).cpu(), model.config.class_names, args.out)
+    batch = get_task("classify").collate([dataset[i] for i in range(min(args.num_images, len(dataset)))])
+    results = predictor.predict(batch["images"], top_k=1)
+    names = predictor.model.config.class_names
+    path = classification_grid(batch["images"], torch.stack([r.attention for r in results]), batch["labels"],
+                               [names.index(r.label) for r in results], names, args.out)
     print(path)
     return 0

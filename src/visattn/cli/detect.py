@@ -9,7 +9,7 @@ from visattn.cli.common import (
     UsageError, add_device_option, add_strict_option, add_train_options, load_json_config, load_predictor,
     positive_int, report_metrics, report_training, train_config_from_args,
 )
-from visattn.engine import TrainConfig, select_device
+from visattn.engine import TrainConfig
 from visattn.heads.detector import DetectorConfig
 
 __all__ = ["register"]
@@ -83,25 +83,15 @@ def run_train(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
 
-    from visattn.models import load
-    from visattn.data.coco import CocoDetectionDataset
-    from visattn.tasks.detect import ResizeImage, collate, evaluate_detector, scene_data
+    from visattn.tasks.detect import DetectTask, eval_data
 
-    device = select_device(args.device)
-    model = load(args.checkpoint, task="detect", map_location=str(device))
-    size = model.config.image_size
-    category_ids = None
-    if args.coco_file is not None:
-        dataset = CocoDetectionDataset(args.coco_file[0], args.coco_file[1], transform=ResizeImage(size))
-        if list(dataset.class_names) != list(model.config.class_names):
-            raise ValueError(f"{args.coco_file[0]}: categories {list(dataset.class_names)} differ from the "
-                             f"checkpoint's {list(model.config.class_names)}")
-        category_ids = dataset.category_ids
-    else:
-        dataset = scene_data(num_train=0, num_val=args.num_samples, image_size=size, seed=args.data_seed).val
-    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=collate)
-    metrics = evaluate_detector(model, loader, device, category_ids=category_ids)
-    return report_metrics(metrics, args.json_out)
+    predictor = load_predictor(args, "detect")
+    coco = args.coco_file or (None, None)
+    dataset, category_ids = eval_data(predictor.model.config, coco_file=coco[0], image_dir=coco[1],
+                                      num_samples=args.num_samples, seed=args.data_seed)
+    task = DetectTask(category_ids=category_ids)
+    loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=task.collate)
+    return report_metrics(task.evaluate(predictor.model, loader, predictor.device), args.json_out)
 
 
 def run_detect(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """Image classification by attention pooling, with global average pooling as the baseline.
 
-    image ─► encoder ─► grid (B, L, C) ─► G glimpses of attention ─► [context_1; …; context_G] ─► MLP ─► logits
+    image ─► encoder ─► grid (B, L, C) ─► G glimpses of attention ─► [context_1; …; context_G] ─► MLP ─► pred_logits
 
 Glimpses are either ``parallel`` (G learned queries attend at once) or ``recurrent`` (one learned start
 query; a GRU cell folds each glimpse's context into the next query, so later glimpses can look where the
@@ -67,7 +67,7 @@ class AttentionClassifier(nn.Module):
 
     ``forward(images (B, 3, H, W) in [0, 1])`` returns::
 
-        {"logits": (B, K), "attention": (B, G, H', W')}
+        {"pred_logits": (B, K), "attention": (B, G, H', W')}
 
     where the attention maps sum to one over the grid; the GAP baseline returns its uniform weights
     (G = 1) so that every classifier can be drawn and scored the same way.
@@ -118,4 +118,4 @@ class AttentionClassifier(nn.Module):
             pooled = context.flatten(1)  # (B, G·C)
         logits = self.head(pooled)
         attention = weights.view(batch, -1, height, width)  # (B, G, L) -> (B, G, H', W')
-        return {"logits": logits, "attention": attention}
+        return {"pred_logits": logits, "attention": attention}

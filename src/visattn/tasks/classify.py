@@ -108,8 +108,8 @@ def evaluate_classifier(model: nn.Module, loader: DataLoader, device: torch.devi
             images = batch["images"].to(device, non_blocking=True)
             labels = batch["labels"].to(device, non_blocking=True)
             out = model(images)
-            k = min(topk, out["logits"].shape[-1])
-            top = out["logits"].topk(k, dim=-1).indices  # (B, k)
+            k = min(topk, out["pred_logits"].shape[-1])
+            top = out["pred_logits"].topk(k, dim=-1).indices  # (B, k)
             correct += int((top[:, 0] == labels).sum())
             correct_k += int((top == labels[:, None]).any(dim=-1).sum())
             total += len(labels)
@@ -149,7 +149,7 @@ class ClassifyTask(Task):
     def criterion(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
         images = batch["images"].to(device, non_blocking=True)
         labels = batch["labels"].to(device, non_blocking=True)
-        return {"loss_ce": F.cross_entropy(model(images)["logits"].float(), labels)}
+        return {"loss_ce": F.cross_entropy(model(images)["pred_logits"].float(), labels)}
 
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
         return evaluate_classifier(model, loader, device, topk=self.topk)
@@ -159,7 +159,7 @@ class ClassifyTask(Task):
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
         out = model(images)
-        probs = out["logits"].float().softmax(dim=-1).cpu()  # (B, K)
+        probs = out["pred_logits"].float().softmax(dim=-1).cpu()  # (B, K)
         attention = out["attention"].float().cpu()  # (B, G, H', W')
         names = model.config.class_names
         values, indices = probs.topk(min(top_k, probs.shape[-1]), dim=-1)  # (B, k) each

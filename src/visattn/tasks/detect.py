@@ -32,7 +32,7 @@ from visattn.models import build_model
 from visattn.results import DetectResult
 from visattn.tasks.base import Task, register_task
 
-__all__ = ["DetectData", "DetectTask", "ResizeImage", "coco_data", "collate", "evaluate_detector",
+__all__ = ["DetectData", "DetectTask", "ResizeImage", "coco_data", "collate", "eval_data", "evaluate_detector",
            "format_detection", "scene_data", "train_detector"]
 
 log = logging.getLogger("visattn")
@@ -106,6 +106,28 @@ def coco_data(train_file: str | Path, val_file: str | Path, *, image_dir: str | 
         log.info("COCO %s %s: %s", name, dataset.annotation_file, dataset.report.summary())
     return DetectData(train, val, train.class_names, image_size, f"COCO {train_file} / {val_file}",
                       category_ids=train.category_ids)
+
+
+def eval_data(model_config: DetectorConfig, *, coco_file: str | Path | None = None,
+              image_dir: str | Path | None = None, num_samples: int = 1000, seed: int = 12345,
+              strict: bool = False) -> tuple[Dataset, list[int] | None]:
+    """A held-out set for a trained detector: a COCO instances file (its categories must be the model's), or
+    ``num_samples`` procedural scenes from ``seed``; resized to the model's input side.
+
+    Returns:
+        ``(dataset, category_ids)``: the COCO ids of the classes for a file, None for procedural scenes.
+
+    Raises:
+        ValueError: the file's categories differ from the model's, naming the file.
+    """
+    size = model_config.image_size
+    if coco_file is None:
+        return scene_data(num_train=0, num_val=num_samples, image_size=size, seed=seed).val, None
+    dataset = CocoDetectionDataset(coco_file, image_dir, strict=strict, transform=ResizeImage(size))
+    if list(dataset.class_names) != list(model_config.class_names):
+        raise ValueError(f"{coco_file}: categories {list(dataset.class_names)} differ from the "
+                         f"checkpoint's {list(model_config.class_names)}")
+    return dataset, list(dataset.category_ids)
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
