@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader
 from visattn.encoders import EncoderConfig
 from visattn.engine import TrainConfig
 from visattn.heads.classifier import ClassifierConfig
-from visattn.models import load
-from visattn.tasks.classify import collate, evaluate_classifier, scene_data, train_classifier
+from visattn.predictor import Predictor
+from visattn.tasks.classify import ClassifyTask, scene_data, train_classifier
 
 MODELS = {
     "attention": dict(pooling="attention", attention="additive"),
@@ -67,9 +67,10 @@ def main() -> None:
         tic = time.perf_counter()
         run = train_classifier(config, data, train_config, out / name)
         seconds = time.perf_counter() - tic
-        model = load(Path(run["run_dir"]) / "last.safetensors", task="classify")
-        metrics = evaluate_classifier(model, DataLoader(data.val, batch_size=256, collate_fn=collate),
-                                      torch.device("cpu"))
+        predictor = Predictor.from_checkpoint(Path(run["run_dir"]) / "last.safetensors", device="cpu", task="classify")
+        task = ClassifyTask()
+        metrics = task.evaluate(predictor.model, DataLoader(data.val, batch_size=256, collate_fn=task.collate),
+                                predictor.device)
         results[name] = {"error": metrics["error"], "errors": round(metrics["error"] * len(data.val)), "pointing_game": metrics["pointing_game"],
                          "energy_in_box": metrics["energy_in_box"], "uniform_energy": metrics["uniform_energy"],
                          "train_seconds": round(seconds, 1)}

@@ -19,9 +19,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from visattn.encoders import EncoderConfig
-from visattn.heads.detection_loss import SetCriterion
 from visattn.heads.detector import Detector, DetectorConfig
-from visattn.tasks.detect import collate, evaluate_detector, scene_data
+from visattn.tasks.detect import DetectTask, scene_data
 
 
 def parse_args() -> argparse.Namespace:
@@ -68,15 +67,17 @@ def main() -> None:
         position_in_values=bool(args.position_in_values), reference_points=bool(args.reference_points),
     )
     model = Detector(config).to(device)
-    criterion = SetCriterion(config.num_classes, eos_coef=args.eos_coef)
+    task = DetectTask(config.num_classes, eos_coef=args.eos_coef)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     generator = torch.Generator().manual_seed(args.seed)
-    train_loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, collate_fn=collate,
+    train_loader = DataLoader(data.train, batch_size=args.batch_size, shuffle=True, collate_fn=task.collate,
                               drop_last=True, generator=generator)
-    val_loader = DataLoader(data.val, batch_size=100, collate_fn=collate)
+    val_loader = DataLoader(data.val, batch_size=100, collate_fn=task.collate)
 
     def evaluate(train_seconds: float, step: int, epoch: float) -> dict:
-        metrics = evaluate_detector(model, val_loader, device)
+        model.eval()
+        with torch.no_grad():
+            metrics = task.evaluate(model, val_loader, device)
         model.train()
         keys = ("map", "map_50", "map_75", "map_small", "map_medium", "map_large", "energy_in_pred_box",
                 "baseline_pred_box", "energy_in_gt_box", "baseline_gt_box")
@@ -96,8 +97,8 @@ def main() -> None:
             cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
             for group in optimizer.param_groups:
                 group["lr"] = args.lr * warm * max(cosine, 0.01)
-            targets = [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
-            losses = criterion(model(batch["images"].to(device)), targets)
+            terms = task.criterion(model, batch, device)
+            losses = {"loss": task.total_loss(terms), **terms}
             if not torch.isfinite(losses["loss"]):
                 raise RuntimeError(f"non-finite loss at step {step}: {losses}")
             optimizer.zero_grad(set_to_none=True)
