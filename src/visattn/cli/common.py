@@ -20,11 +20,12 @@ __all__ = ["HelpFormatter", "UsageError", "CliError", "add_strict_option", "load
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends "(default: X)" to an option's help unless the help already says its default."""
+    """Appends "(default: X)" to an option's help unless the help already says its default, the option is
+    required, or the default says nothing (None, or False for a flag)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "(default" in text or "%(default)" in text:
+        if "default" in text or action.required or action.default in (None, False):
             return text
         return super()._get_help_string(action) or text
 
