@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from pathlib import Path
 
-from visattn.cli.common import positive_int
+from visattn.cli.common import HelpFormatter, positive_int
 
 __all__ = ["register"]
 
@@ -17,13 +18,13 @@ FORMATS = {"imagefolder": "single", "karpathy": "caption", "coco": "multi"}
 def register(commands: dict) -> None:
     data = commands["root"].add_parser("data", help="make procedural data; export it in standard formats",
                                        description="Procedural scenes, deterministic from (seed, index).")
-    sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True,
+                             parser_class=functools.partial(argparse.ArgumentParser, formatter_class=HelpFormatter))
 
     make = sub.add_parser(
         "make", help="render procedural scenes with their annotations",
         description="Render scenes as PNG files plus annotations.jsonl (boxes xyxy in pixels, labels, class "
-                    "names, and for captions the reference captions and their word-to-object alignment).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "names, and for captions the reference captions and their word-to-object alignment).")
     make.add_argument("--kind", choices=["single", "multi", "caption"], default="single",
                       help="single: one object among clutter (classification); multi: 1-4 objects (detection); "
                            "caption: 1-4 objects with captions")
@@ -35,8 +36,7 @@ def register(commands: dict) -> None:
         "export", help="write train/val/test splits in a standard format",
         description="imagefolder: OUT/<split>/<class>/<id>.png (single-object scenes); karpathy: images + "
                     "dataset_visattn.json in the Karpathy split format (caption scenes); coco: OUT/<split>/images + "
-                    "instances.json (multi-object scenes).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "instances.json (multi-object scenes).")
     export.add_argument("--format", choices=sorted(FORMATS), required=True, help="output format")
     export.add_argument("--num-train", type=positive_int, default=1000, help="training scenes")
     export.add_argument("--num-val", type=positive_int, default=200, help="validation scenes")
