@@ -147,7 +147,8 @@ class RunningBatch:
         time_major = offsets.unsqueeze(0) + position.unsqueeze(1)  # (B, longest)
         self.batch, self.steps = batch, steps
         self.full = bool(mask.all())
-        self.order = None if bool((order == torch.arange(batch)).all()) else order.to(device)
+        # non_blocking: a plain .to() of a CPU tensor waits for the device's queue (a host sync every step)
+        self.order = None if bool((order == torch.arange(batch)).all()) else order.to(device, non_blocking=True)
         self.mask = mask.to(device, non_blocking=True)
         self._gather = time_major[mask[:, :longest]].to(device, non_blocking=True)
         self.flat = (torch.arange(batch).unsqueeze(1) * steps + time)[mask].to(device, non_blocking=True)
