@@ -95,11 +95,15 @@ class SetCriterion(nn.Module):
             )
         matches: list[Match] = self.matcher(outputs, targets)
         # (image index, query index) of every matched pair, flattened over the batch.
-        batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)]).to(logits.device)
-        query_idx = torch.cat([q for q, _ in matches]).to(logits.device)
+        # The matches are on the CPU; non_blocking copies (a plain .to() would wait for the device's queue).
+        device = logits.device
+        batch_idx = torch.cat([torch.full_like(q, b) for b, (q, _) in enumerate(matches)])
+        batch_idx = batch_idx.to(device, non_blocking=True)
+        query_idx = torch.cat([q for q, _ in matches]).to(device, non_blocking=True)
+        targets_idx = [j.to(t["labels"].device, non_blocking=True) for t, (_, j) in zip(targets, matches)]
 
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
-        matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, matches)]).to(logits.device)
+        matched_labels = torch.cat([t["labels"][j] for t, j in zip(targets, targets_idx)]).to(device)
         target_classes[batch_idx, query_idx] = matched_labels  # (B, Q): label or no-object
         # the weighted mean Σ w_y·ℓ / Σ w_y, its denominator counted before matching (see forward)
         loss_ce = F.cross_entropy(
@@ -110,7 +114,7 @@ class SetCriterion(nn.Module):
         ) / class_weight_total
 
         src_boxes = pred_boxes[batch_idx, query_idx].float()  # (M, 4)
-        tgt_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, matches)]).to(src_boxes)  # (M, 4)
+        tgt_boxes = torch.cat([t["boxes"][j] for t, j in zip(targets, targets_idx)]).to(src_boxes)  # (M, 4)
         loss_bbox = F.l1_loss(src_boxes, tgt_boxes, reduction="sum") / num_boxes
         giou = torch.diag(generalized_box_iou(cxcywh_to_xyxy(src_boxes), cxcywh_to_xyxy(tgt_boxes)))  # (M,)
         loss_giou = (1.0 - giou).sum() / num_boxes
@@ -131,12 +135,15 @@ class SetCriterion(nn.Module):
             ``loss`` (the weighted total) and the unweighted terms ``loss_ce``, ``loss_bbox``, ``loss_giou``,
             plus ``loss_ce_i``, ``loss_bbox_i``, ``loss_giou_i`` for auxiliary layer i; all scalars.
         """
-        for b, target in enumerate(targets):
-            labels = target["labels"]
-            if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
-                raise ValueError(
-                    f"image {b} of the batch has labels outside [0, {self.num_classes}): {labels.tolist()}"
-                )
+        # One check over the whole batch: on a GPU every comparison read on the host is a sync.
+        labels = torch.cat([t["labels"].reshape(-1) for t in targets]) if targets else torch.zeros(0)
+        if labels.numel() and bool(((labels < 0) | (labels >= self.num_classes)).any()):
+            for b, target in enumerate(targets):
+                bad = target["labels"]
+                if bad.numel() and (bad.min() < 0 or bad.max() >= self.num_classes):
+                    raise ValueError(
+                        f"image {b} of the batch has labels outside [0, {self.num_classes}): {bad.tolist()}"
+                    )
         batch, num_queries = outputs["pred_logits"].shape[:2]
         num_boxes = sum(len(t["labels"]) for t in targets)
         # Every layer's matching pairs min(Q, N_b) queries of image b with objects (weight 1 each); the
