@@ -168,6 +168,7 @@ def test_evaluation_decodes_for_real(scenes, monkeypatch, tiny_captioner):
     assert metrics["attention_correctness"] == pytest.approx(metrics["uniform_correctness"], abs=0.02)
 
 
+@pytest.mark.slow
 def test_train_then_caption_writes_checkpoint_and_figures(scenes, tmp_path, capsys, tiny_config):
     from PIL import Image
 
@@ -209,6 +210,7 @@ def test_train_then_caption_writes_checkpoint_and_figures(scenes, tmp_path, caps
             predictor.predict([path], **bad)
 
 
+@pytest.mark.slow
 def test_feature_cache_training_and_vocabulary_mismatch_on_resume(scenes, tmp_path, tiny_config):
     from visattn.engine import TrainConfig
     from visattn.tasks.caption import train_captioner

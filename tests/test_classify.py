@@ -83,10 +83,12 @@ def trained(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_cli_train_writes_checkpoints_and_curves(trained):
     assert {"best.safetensors", "last.safetensors", "metrics.jsonl", "curves.png"} <= {p.name for p in trained.iterdir()}
 
 
+@pytest.mark.slow
 def test_cli_eval_predict_viz(trained, tmp_path, capsys):
     ckpt = str(trained / "best.safetensors")
     assert main(["eval", "--checkpoint", ckpt, "--num-samples", "16", "--json-out", str(tmp_path / "m.json")]) == 0
@@ -106,6 +108,7 @@ def test_cli_eval_predict_viz(trained, tmp_path, capsys):
     assert (tmp_path / "grid.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_give_one_line_errors(trained, tmp_path, capsys):
     ckpt = str(trained / "best.safetensors")
     assert main(["predict", str(tmp_path / "missing.png"), "--checkpoint", ckpt]) == 1
@@ -126,6 +129,7 @@ def test_cli_bad_inputs_give_one_line_errors(trained, tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
+@pytest.mark.slow
 def test_cli_exports_imagefolder_trains_on_it_and_reports_corrupt_files(tmp_path, capsys, caplog):
     root = tmp_path / "folder"
     assert main(["data", "export", "--format", "imagefolder", "--out", str(root), "--num-train", "24",

@@ -46,6 +46,7 @@ def test_collate_normalises_targets_by_the_original_size():
     assert batch["boxes"][0].tolist() == [[0.0, 0.0, 40.0, 20.0]]  # evaluation stays in original pixels
 
 
+@pytest.mark.slow
 def test_train_evaluate_load_and_detect_files(tiny_scenes, tmp_path, tiny_config):
     torch.manual_seed(0)
     result = train_detector(tiny_config("detector"), tiny_scenes,

@@ -46,6 +46,7 @@ def cfg(**kw):
     return TrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_fit_writes_run_folder_and_learns(tmp_path):
     result = fit(tiny_model(), ClassifyTask(), Blobs(64, 0), Blobs(32, 1), cfg(), tmp_path)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -60,6 +61,7 @@ def test_fit_writes_run_folder_and_learns(tmp_path):
     assert load(tmp_path / "best.safetensors").config.class_names == ["a", "b", "c"]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
     full = fit(tiny_model(), ClassifyTask(), Blobs(64, 0), Blobs(16, 1), cfg(), tmp_path / "full")
     # The same run interrupted after epoch 2, then resumed from its last checkpoint by a differently seeded model.
