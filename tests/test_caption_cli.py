@@ -7,6 +7,7 @@ import pytest
 from visattn.cli import main
 
 
+@pytest.mark.slow
 def test_karpathy_export_train_eval_caption(tmp_path, capsys):
     data = tmp_path / "karpathy"
     assert main(["data", "export", "--format", "karpathy", "--out", str(data), "--num-train", "24",

@@ -112,31 +112,14 @@ def test_teacher_forced_objects_need_matching_words():
 
 
 # ------------------------------------------------------------------------------- task, training, captioning
-def tiny_config():
-    from visattn.encoders import EncoderConfig
-    from visattn.heads.captioner import CaptionerConfig
-
-    return CaptionerConfig(encoder=EncoderConfig(width=16, depth=2, num_downsample=2), attention_dim=16,
-                           decoder_dim=32, embed_dim=16, dropout=0.0, max_len=12)
-
-
-def tiny_model(vocab):
-    from dataclasses import replace
-
-    from visattn.models import build_model
-
-    torch.manual_seed(0)
-    return build_model("captioner", replace(tiny_config(), vocab=vocab.to_list()))
-
-
-def test_task_loss_trains_and_evaluate_decodes(scenes):
+def test_task_loss_trains_and_evaluate_decodes(scenes, tiny_captioner):
     from torch.utils.data import DataLoader
 
     from visattn.engine import TrainConfig
     from visattn.tasks import get_task
 
     task = get_task("caption", beam_size=2)
-    model = tiny_model(scenes.vocab)
+    model = tiny_captioner(vocab=scenes.vocab.to_list(), max_len=12)
     pairs = CaptionDataset(scenes.train, scenes.train.tokens, scenes.vocab)
     batch = collate([pairs[i] for i in range(8)])
     terms = task.criterion(model, batch, torch.device("cpu"))
@@ -161,14 +144,14 @@ def test_task_loss_trains_and_evaluate_decodes(scenes):
     assert task.monitor == "CIDEr-D" and task.monitor in metrics
 
 
-def test_evaluation_decodes_for_real(scenes, monkeypatch):
+def test_evaluation_decodes_for_real(scenes, monkeypatch, tiny_captioner):
     """The monitored metric comes from generated captions: a model that generates a reference scores high."""
     from torch.utils.data import DataLoader
 
     from visattn.heads.beam import Hypothesis
     from visattn.tasks.caption import evaluate_captioner
 
-    model = tiny_model(scenes.vocab).eval()
+    model = tiny_captioner(vocab=scenes.vocab.to_list(), max_len=12).eval()
     calls = []
 
     def generate(images=None, *, features=None, grid=None, beam_size=1, max_len=None, n_best=1, length_penalty=0.0):
@@ -185,7 +168,8 @@ def test_evaluation_decodes_for_real(scenes, monkeypatch):
     assert metrics["attention_correctness"] == pytest.approx(metrics["uniform_correctness"], abs=0.02)
 
 
-def test_train_then_caption_writes_checkpoint_and_figures(scenes, tmp_path, capsys):
+@pytest.mark.slow
+def test_train_then_caption_writes_checkpoint_and_figures(scenes, tmp_path, capsys, tiny_config):
     from PIL import Image
 
     from visattn import Predictor
@@ -194,7 +178,8 @@ def test_train_then_caption_writes_checkpoint_and_figures(scenes, tmp_path, caps
     from visattn.models import load
     from visattn.tasks.caption import train_captioner
 
-    result = train_captioner(tiny_config(), scenes, TrainConfig(epochs=1, batch_size=16, progress=False),
+    model_config = tiny_config("captioner", max_len=12)
+    result = train_captioner(model_config, scenes, TrainConfig(epochs=1, batch_size=16, progress=False),
                              tmp_path / "run", beam_size=2)
     assert (tmp_path / "run" / "best.safetensors").is_file() and (tmp_path / "run" / "last.safetensors").is_file()
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
@@ -225,23 +210,24 @@ def test_train_then_caption_writes_checkpoint_and_figures(scenes, tmp_path, caps
             predictor.predict([path], **bad)
 
 
-def test_feature_cache_training_and_vocabulary_mismatch_on_resume(scenes, tmp_path):
+@pytest.mark.slow
+def test_feature_cache_training_and_vocabulary_mismatch_on_resume(scenes, tmp_path, tiny_config):
     from visattn.engine import TrainConfig
     from visattn.tasks.caption import train_captioner
     from visattn.data.caption_data import scene_data
 
-    config = TrainConfig(epochs=1, batch_size=16, progress=False)
-    result = train_captioner(tiny_config(), scenes, config, tmp_path / "run", beam_size=1,
+    config, model_config = TrainConfig(epochs=1, batch_size=16, progress=False), tiny_config("captioner", max_len=12)
+    result = train_captioner(model_config, scenes, config, tmp_path / "run", beam_size=1,
                              feature_cache=tmp_path / "cache", cache_dtype="float16")
     assert (tmp_path / "cache" / "train" / "manifest.json").is_file() and result["history"]
     with pytest.raises(ValueError, match="frozen encoder"):
-        train_captioner(tiny_config(), scenes, config, tmp_path / "x", feature_cache=tmp_path / "cache",
+        train_captioner(model_config, scenes, config, tmp_path / "x", feature_cache=tmp_path / "cache",
                         encoder_lr=1e-4)
     other = scene_data(num_train=3, num_val=2, image_size=32, num_objects=(1, 1), seed=5,
                        small_scale=(0.3, 0.34), large_scale=(0.42, 0.5))
     assert other.vocab != scenes.vocab
     with pytest.raises(ValueError, match="vocabulary mismatch"):
-        train_captioner(tiny_config(), other, TrainConfig(epochs=2, batch_size=16, progress=False),
+        train_captioner(model_config, other, TrainConfig(epochs=2, batch_size=16, progress=False),
                         tmp_path / "run", resume=tmp_path / "run" / "last.safetensors")
 
 

@@ -1,29 +1,22 @@
-"""Show, Attend and Tell captioner on tiny configs: shapes, invariants, losses, hard attention, decoding, save/load."""
+"""Show, Attend and Tell captioner on the registered tiny_captioner (tests/conftest.py): shapes, invariants,
+losses, hard attention, decoding, save/load."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import visattn.heads.captioner  # noqa: F401  (registers "captioner" until heads/__init__ imports it)
 from visattn.checkpoint import save_checkpoint
 from visattn.config import config_to_dict
-from visattn.encoders import EncoderConfig
 from visattn.heads.beam import beam_search, greedy_search
 from visattn.heads.captioner import Captioner, CaptionerConfig
+from visattn.heads.variants import TINY_VOCAB
 from visattn.models import build_model, load
 
-VOCAB = ["<pad>", "<start>", "<end>", "<unk>"] + [f"w{i}" for i in range(8)]  # 12 tokens
+VOCAB = TINY_VOCAB  # the tiny_captioner's 12 tokens: <pad> <start> <end> <unk> w0..w7
 PAD, START, END = 0, 1, 2
 # <start> w.. <end> <pad>..: three captions of true lengths 5, 3 and 6 tokens.
 TOKENS = torch.tensor([[1, 4, 5, 6, 2, 0], [1, 7, 2, 0, 0, 0], [1, 8, 9, 10, 11, 2]])
-
-
-def tiny(**overrides) -> Captioner:
-    torch.manual_seed(0)
-    options = dict(encoder=EncoderConfig(width=8, depth=2, num_downsample=2), vocab=VOCAB, attention_dim=16,
-                   decoder_dim=16, embed_dim=8, dropout=0.0)
-    return Captioner(CaptionerConfig(**(options | overrides)))
 
 
 def images(n: int = 3, seed: int = 1) -> torch.Tensor:
@@ -44,8 +37,8 @@ VARIANTS = [
 
 
 @pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "paper")
-def test_shapes_invariants_and_every_parameter_learns(overrides):
-    model = tiny(alpha_c=0.5, **overrides).train()
+def test_shapes_invariants_and_every_parameter_learns(overrides, tiny_captioner):
+    model = tiny_captioner(alpha_c=0.5, **overrides).train()
     out = model(images(), tokens=TOKENS)
     assert out["logits"].shape == (3, 5, len(VOCAB))
     assert out["attention"].shape == (3, 5, 4, 4)  # 16x16 images, two halvings -> 4x4 grid
@@ -74,12 +67,12 @@ def test_shapes_invariants_and_every_parameter_learns(overrides):
 @pytest.mark.parametrize("overrides", [dict(), dict(gate="channel", deep_output=False), dict(attention="multihead"),
                                        dict(scheduled_sampling=1.0)],
                          ids=["paper", "channel", "multihead", "scheduled"])
-def test_batch_that_drops_ended_captions_equals_one_caption_at_a_time(overrides):
+def test_batch_that_drops_ended_captions_equals_one_caption_at_a_time(overrides, tiny_captioner):
     # The forward sorts captions by length and runs each step on the captions still running; every output
     # must equal a pass over that caption alone, with no padding at all. (Scheduled sampling with
     # probability 1 and no dropout is deterministic in training mode: it always feeds its own argmax;
     # the encoder's batch norm stays in eval mode so that an image's features do not depend on its batch.)
-    model = tiny(**overrides).train("scheduled_sampling" in overrides)
+    model = tiny_captioner(**overrides).train("scheduled_sampling" in overrides)
     model.encoder.eval()
     pixels = images()
     out = model(pixels, tokens=TOKENS)
@@ -105,9 +98,9 @@ def test_batch_that_drops_ended_captions_equals_one_caption_at_a_time(overrides)
         torch.testing.assert_close(grad, dict(model.named_parameters())[name].grad, atol=1e-5, rtol=1e-4)
 
 
-def test_gradients_reach_padded_rows_only_through_real_steps():
+def test_gradients_reach_padded_rows_only_through_real_steps(tiny_captioner):
     # A caption whose padding changes must get exactly the same loss and gradients.
-    model = tiny().eval()
+    model = tiny_captioner().eval()
     padded = torch.cat([TOKENS, torch.zeros(3, 4, dtype=torch.long)], dim=1)
     losses, grads = [], []
     for tokens in (TOKENS, padded):
@@ -120,8 +113,8 @@ def test_gradients_reach_padded_rows_only_through_real_steps():
     torch.testing.assert_close(grads[0], grads[1])
 
 
-def test_regulariser_matches_hand_computation():
-    model = tiny(alpha_c=0.7)
+def test_regulariser_matches_hand_computation(tiny_captioner):
+    model = tiny_captioner(alpha_c=0.7)
     out = model(images(), tokens=TOKENS)
     alpha = out["attention"].flatten(2).detach()  # (B, T-1, L)
     lengths = [4, 2, 5]  # decoding steps with a real target per caption
@@ -136,8 +129,8 @@ def test_regulariser_matches_hand_computation():
     assert float(model.loss(out, TOKENS)["loss_attention_reg"].detach()) == pytest.approx(expected, rel=1e-5)
 
 
-def test_cross_entropy_ignores_pads_and_extra_padding_changes_nothing():
-    model = tiny(alpha_c=0.3).eval()
+def test_cross_entropy_ignores_pads_and_extra_padding_changes_nothing(tiny_captioner):
+    model = tiny_captioner(alpha_c=0.3).eval()
     feats = images()
     out = model(feats, tokens=TOKENS)
     terms = model.loss(out, TOKENS)
@@ -155,8 +148,8 @@ def test_cross_entropy_ignores_pads_and_extra_padding_changes_nothing():
     torch.testing.assert_close(terms["loss_ce"], manual)
 
 
-def test_features_path_equals_images_path():
-    model = tiny().eval()
+def test_features_path_equals_images_path(tiny_captioner):
+    model = tiny_captioner().eval()
     batch = images()
     features, grid = model.encode(batch)
     assert grid == (4, 4) and features.shape == (3, 16, 8)
@@ -171,9 +164,9 @@ def test_features_path_equals_images_path():
     assert [h[0].tokens for h in hyps_a] == [h[0].tokens for h in hyps_b]
 
 
-def test_keys_are_prepared_once_per_image():
+def test_keys_are_prepared_once_per_image(tiny_captioner):
     """The image-only attention term W_k·a runs once per forward / decode, on B rows (never per step or beam)."""
-    model = tiny().eval()
+    model = tiny_captioner().eval()
     calls = []
     model.attention.key_proj.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     model(images(), tokens=TOKENS)
@@ -183,8 +176,8 @@ def test_keys_are_prepared_once_per_image():
     assert calls == [3]
 
 
-def test_bad_inputs_are_clear_errors():
-    model = tiny()
+def test_bad_inputs_are_clear_errors(tiny_captioner):
+    model = tiny_captioner()
     with pytest.raises(ValueError, match="exactly one"):
         model(tokens=TOKENS)
     with pytest.raises(ValueError, match="features must be"):
@@ -211,8 +204,8 @@ def test_config_validation(overrides, match):
         CaptionerConfig(**overrides)
 
 
-def test_hard_attention_samples_and_updates_the_baseline():
-    model = tiny(attention_mode="hard", hard_expected_context_prob=0.0, hard_baseline_decay=0.9).train()
+def test_hard_attention_samples_and_updates_the_baseline(tiny_captioner):
+    model = tiny_captioner(attention_mode="hard", hard_expected_context_prob=0.0, hard_baseline_decay=0.9).train()
     out = model(images(), tokens=TOKENS)
     index, alpha = out["attention_index"], out["attention"].flatten(2)
     assert index.shape == (3, 5) and bool(((index >= 0) & (index < 16)).all())
@@ -245,8 +238,8 @@ def test_hard_attention_samples_and_updates_the_baseline():
     assert float(terms3["loss_reinforce"]) == 0.0 and int(model.reward_baseline_updates) == 2
 
 
-def test_expected_context_probability_picks_sampled_batches():
-    model = tiny(attention_mode="hard", hard_expected_context_prob=0.5).train()
+def test_expected_context_probability_picks_sampled_batches(tiny_captioner):
+    model = tiny_captioner(attention_mode="hard", hard_expected_context_prob=0.5).train()
     torch.manual_seed(3)
     sampled = sum("attention_index" in model(images(), tokens=TOKENS) for _ in range(40))
     assert 8 <= sampled <= 32
@@ -262,8 +255,8 @@ def caption_ce(out: dict) -> torch.Tensor:
 @pytest.mark.parametrize("overrides", [dict(), dict(attention_mode="hard"),
                                        dict(attention_mode="hard", hard_expected_context_prob=0.0)],
                          ids=["soft", "hard", "hard-always-sampled"])
-def test_overfits_a_tiny_problem(overrides):
-    model = tiny(alpha_c=0.01, **overrides).train()
+def test_overfits_a_tiny_problem(overrides, tiny_captioner):
+    model = tiny_captioner(alpha_c=0.01, **overrides).train()
     batch = images()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     torch.manual_seed(0)
@@ -282,8 +275,8 @@ def test_overfits_a_tiny_problem(overrides):
     assert after < 0.35 * before, (before, after)
 
 
-def test_scheduled_sampling_feeds_own_predictions():
-    model = tiny(scheduled_sampling=1.0).train()
+def test_scheduled_sampling_feeds_own_predictions(tiny_captioner):
+    model = tiny_captioner(scheduled_sampling=1.0).train()
     feats = images()
     other = TOKENS.clone()
     other[:, 1:-1] = torch.where(other[:, 1:-1] > 3, 11 - other[:, 1:-1] + 4, other[:, 1:-1])  # other words
@@ -294,8 +287,8 @@ def test_scheduled_sampling_feeds_own_predictions():
     assert not torch.allclose(model(feats, tokens=TOKENS)["logits"], model(feats, tokens=other)["logits"])
 
 
-def test_dropout_is_active_in_training_only():
-    model = tiny(dropout=0.5)
+def test_dropout_is_active_in_training_only(tiny_captioner):
+    model = tiny_captioner(dropout=0.5)
     feats = images()
     model.train()
     assert not torch.equal(model(feats, tokens=TOKENS)["logits"], model(feats, tokens=TOKENS)["logits"])
@@ -304,8 +297,8 @@ def test_dropout_is_active_in_training_only():
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(attention="none"), dict(gate="channel", deep_output=False)])
-def test_beam_one_equals_greedy_and_batched_equals_single(overrides):
-    model = tiny(**overrides).eval()
+def test_beam_one_equals_greedy_and_batched_equals_single(overrides, tiny_captioner):
+    model = tiny_captioner(**overrides).eval()
     features, grid = model.encode(images(4))
     with torch.no_grad():
         step, state = model.decoder_step(features)
@@ -327,9 +320,9 @@ def test_beam_one_equals_greedy_and_batched_equals_single(overrides):
         assert finished == sorted(finished, reverse=True)
 
 
-def test_generate_scores_match_teacher_forcing():
+def test_generate_scores_match_teacher_forcing(tiny_captioner):
     """A decoded caption's score is the teacher-forced log-likelihood of that caption."""
-    model = tiny().eval()
+    model = tiny_captioner().eval()
     batch = images(2)
     for hyps, image in zip(model.generate(batch, beam_size=3, n_best=2, max_len=6), batch):
         for h in hyps:
@@ -341,8 +334,8 @@ def test_generate_scores_match_teacher_forcing():
             torch.testing.assert_close(h.attention, out["attention"][0])
 
 
-def test_generate_without_end_returns_unfinished():
-    model = tiny().eval()
+def test_generate_without_end_returns_unfinished(tiny_captioner):
+    model = tiny_captioner().eval()
     with torch.no_grad():
         model.out_vocab.bias[END] = -1e9
     for beam_size in (1, 3):
@@ -352,8 +345,8 @@ def test_generate_without_end_returns_unfinished():
     assert model.training is False
 
 
-def test_save_load_round_trip(tmp_path):
-    model = build_model("captioner", tiny(attention_mode="hard").config)
+def test_save_load_round_trip(tmp_path, tiny_captioner):
+    model = build_model("captioner", tiny_captioner(attention_mode="hard").config)
     model.train()
     model.loss(model(images(), tokens=TOKENS), TOKENS)  # moves the baseline buffer off zero
     model.eval()
@@ -370,10 +363,10 @@ def test_save_load_round_trip(tmp_path):
     assert [h[0].tokens for h in ha] == [h[0].tokens for h in hb]
 
 
-def test_bf16_autocast_trains_like_fp32():
+def test_bf16_autocast_trains_like_fp32(tiny_captioner):
     # What `visattn train --dtype bf16` runs on a CPU: fp32 weights, bf16 products (the per-step weights are
     # cast once per pass by StepLinear); gradients land on the fp32 parameters and follow fp32's.
-    model = tiny(gate="channel").train()
+    model = tiny_captioner(gate="channel").train()
     pixels = images()
     model.zero_grad()
     model.loss(model(pixels, tokens=TOKENS), TOKENS)["loss"].backward()
@@ -393,9 +386,9 @@ def test_bf16_autocast_trains_like_fp32():
         assert float(cosine) > 0.95, (name, float(cosine))  # bf16 rounding; a wrong gradient is far off
 
 
-def test_captions_without_targets_cost_nothing_and_break_nothing():
+def test_captions_without_targets_cost_nothing_and_break_nothing(tiny_captioner):
     # Rows of only <start> (length 1) never run; a batch of them gives zero outputs and a zero loss.
-    model = tiny().train()
+    model = tiny_captioner().train()
     tokens = torch.tensor([[1, 0, 0], [1, 0, 0]])
     out = model(images(2), tokens=tokens)
     assert out["real_logits"].shape == (0, len(VOCAB)) and not bool(out["mask"].any())

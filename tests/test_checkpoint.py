@@ -12,12 +12,6 @@ from visattn.heads.classifier import ClassifierConfig
 from visattn.models import build_model, list_models, load, register_model
 
 
-def tiny_classifier(**kw):
-    cfg = ClassifierConfig(encoder=EncoderConfig(width=8, depth=2, num_downsample=2), class_names=["a", "b", "c"],
-                           attention_dim=8, hidden_dim=16, **kw)
-    return build_model("classifier", cfg)
-
-
 def save(model, path, **kw):
     return save_checkpoint(path, model, task="classify", model_name="classifier",
                            config=config_to_dict(model.config), **kw)
@@ -48,8 +42,7 @@ def test_registry_refuses_duplicates_and_unknown_names():
 
 
 @pytest.mark.parametrize("pooling,mode", [("attention", "parallel"), ("attention", "recurrent"), ("gap", "parallel")])
-def test_save_load_gives_identical_outputs(tmp_path, pooling, mode):
-    torch.manual_seed(0)
+def test_save_load_gives_identical_outputs(tmp_path, pooling, mode, tiny_classifier):
     model = tiny_classifier(pooling=pooling, glimpse_mode=mode, num_glimpses=2).eval()
     path = save(model, tmp_path / "m.safetensors")
     loaded = load(path)
@@ -62,7 +55,7 @@ def test_save_load_gives_identical_outputs(tmp_path, pooling, mode):
     assert loaded.config == model.config
 
 
-def test_atomic_write_leaves_no_temp_files_and_replaces(tmp_path):
+def test_atomic_write_leaves_no_temp_files_and_replaces(tmp_path, tiny_classifier):
     model = tiny_classifier()
     path = tmp_path / "m.safetensors"
     save(model, path)
@@ -71,7 +64,7 @@ def test_atomic_write_leaves_no_temp_files_and_replaces(tmp_path):
     assert read_checkpoint(path).training == {"epoch": 3}
 
 
-def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch, tiny_classifier):
     model = tiny_classifier()
     path = save(model, tmp_path / "m.safetensors", training={"epoch": 1})
 
@@ -85,7 +78,7 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
 
 
-def test_missing_truncated_foreign_and_wrong_task_checkpoints(tmp_path):
+def test_missing_truncated_foreign_and_wrong_task_checkpoints(tmp_path, tiny_classifier):
     with pytest.raises(CheckpointError, match="checkpoint not found: .*nope.safetensors"):
         load(tmp_path / "nope.safetensors")
     path = save(tiny_classifier(), tmp_path / "m.safetensors")
@@ -108,7 +101,7 @@ def test_missing_truncated_foreign_and_wrong_task_checkpoints(tmp_path):
         load(path, task="caption")
 
 
-def test_checkpoint_with_unknown_config_key_or_mismatched_weights(tmp_path):
+def test_checkpoint_with_unknown_config_key_or_mismatched_weights(tmp_path, tiny_classifier):
     model = tiny_classifier()
     config = config_to_dict(model.config)
     bad = save_checkpoint(tmp_path / "bad.safetensors", model, task="classify", model_name="classifier",
@@ -121,7 +114,7 @@ def test_checkpoint_with_unknown_config_key_or_mismatched_weights(tmp_path):
         load(wrong)
 
 
-def test_load_ignores_the_encoder_weights_file_it_was_initialised_from(tmp_path):
+def test_load_ignores_the_encoder_weights_file_it_was_initialised_from(tmp_path, tiny_classifier):
     model = tiny_classifier()
     config = config_to_dict(model.config)
     config["encoder"]["weights"] = str(tmp_path / "gone.pt")  # no longer on this machine

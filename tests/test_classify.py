@@ -8,8 +8,6 @@ import torch
 from PIL import Image
 
 from visattn.cli import main
-from visattn.encoders import EncoderConfig
-from visattn.heads.classifier import ClassifierConfig
 from visattn.metrics.localisation import (
     LocalisationMeter,
     box_area_fraction,
@@ -18,7 +16,6 @@ from visattn.metrics.localisation import (
     pointing_game,
     upsample_maps,
 )
-from visattn.models import build_model
 from visattn.tasks.classify import collate
 
 
@@ -48,10 +45,8 @@ def test_localisation_by_hand():
 
 
 @pytest.mark.parametrize("glimpses,mode", [(1, "parallel"), (3, "parallel"), (2, "recurrent")])
-def test_classifier_contract(glimpses, mode):
-    cfg = ClassifierConfig(encoder=EncoderConfig(width=8, depth=2, num_downsample=2), class_names=list("abcd"),
-                           num_glimpses=glimpses, glimpse_mode=mode, attention_dim=8, hidden_dim=16)
-    model = build_model("classifier", cfg)
+def test_classifier_contract(glimpses, mode, tiny_classifier):
+    model = tiny_classifier(class_names=list("abcd"), num_glimpses=glimpses, glimpse_mode=mode)
     out = model(torch.rand(3, 3, 16, 20))
     assert out["pred_logits"].shape == (3, 4)
     assert out["attention"].shape == (3, glimpses, 4, 5)
@@ -61,9 +56,8 @@ def test_classifier_contract(glimpses, mode):
     assert not missing
 
 
-def test_gap_baseline_returns_uniform_attention():
-    cfg = ClassifierConfig(encoder=EncoderConfig(width=8, depth=2, num_downsample=2), pooling="gap")
-    out = build_model("classifier", cfg)(torch.rand(2, 3, 16, 16))
+def test_gap_baseline_returns_uniform_attention(tiny_classifier):
+    out = tiny_classifier(pooling="gap")(torch.rand(2, 3, 16, 16))
     torch.testing.assert_close(out["attention"], torch.full((2, 1, 4, 4), 1 / 16))
 
 
@@ -89,10 +83,12 @@ def trained(tmp_path_factory):
     return run
 
 
+@pytest.mark.slow
 def test_cli_train_writes_checkpoints_and_curves(trained):
     assert {"best.safetensors", "last.safetensors", "metrics.jsonl", "curves.png"} <= {p.name for p in trained.iterdir()}
 
 
+@pytest.mark.slow
 def test_cli_eval_predict_viz(trained, tmp_path, capsys):
     ckpt = str(trained / "best.safetensors")
     assert main(["eval", "--checkpoint", ckpt, "--num-samples", "16", "--json-out", str(tmp_path / "m.json")]) == 0
@@ -112,6 +108,7 @@ def test_cli_eval_predict_viz(trained, tmp_path, capsys):
     assert (tmp_path / "grid.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_give_one_line_errors(trained, tmp_path, capsys):
     ckpt = str(trained / "best.safetensors")
     assert main(["predict", str(tmp_path / "missing.png"), "--checkpoint", ckpt]) == 1
@@ -132,6 +129,7 @@ def test_cli_bad_inputs_give_one_line_errors(trained, tmp_path, capsys):
     assert exit_info.value.code == 2
 
 
+@pytest.mark.slow
 def test_cli_exports_imagefolder_trains_on_it_and_reports_corrupt_files(tmp_path, capsys, caplog):
     root = tmp_path / "folder"
     assert main(["data", "export", "--format", "imagefolder", "--out", str(root), "--num-train", "24",

@@ -23,6 +23,7 @@ def coco_run(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_train_eval_detect_from_coco_files(coco_run, capsys):
     ckpt = str(coco_run / "run" / "best.safetensors")
     out = coco_run / "eval.json"
@@ -38,6 +39,7 @@ def test_train_eval_detect_from_coco_files(coco_run, capsys):
     assert len(list((coco_run / "figs").glob("*.png"))) == 2
 
 
+@pytest.mark.slow
 def test_detect_usage_and_data_errors(coco_run, tmp_path, capsys):
     ckpt = str(coco_run / "run" / "best.safetensors")
     assert main(["detect", str(tmp_path / "nope.png"), "--checkpoint", ckpt]) == 1

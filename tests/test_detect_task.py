@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 import torch
@@ -12,9 +11,8 @@ from PIL import Image
 from visattn import Predictor
 from visattn.cli import main
 from visattn.data.coco import write_coco
-from visattn.encoders import EncoderConfig
 from visattn.engine import TrainConfig
-from visattn.heads.detector import Detector, DetectorConfig
+from visattn.heads.detector import Detector
 from visattn.models import load
 from visattn.tasks.detect import (
     ResizeImage,
@@ -27,11 +25,6 @@ from visattn.tasks.detect import (
 )
 
 pytest.importorskip("pycocotools")
-
-
-def tiny_model_config() -> DetectorConfig:
-    return DetectorConfig(encoder=EncoderConfig(width=16, depth=2, num_downsample=2, norm="group"),
-                          num_queries=5, hidden_dim=16, num_heads=2, num_layers=2, ffn_dim=32)
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +46,10 @@ def test_collate_normalises_targets_by_the_original_size():
     assert batch["boxes"][0].tolist() == [[0.0, 0.0, 40.0, 20.0]]  # evaluation stays in original pixels
 
 
-def test_train_evaluate_load_and_detect_files(tiny_scenes, tmp_path):
+@pytest.mark.slow
+def test_train_evaluate_load_and_detect_files(tiny_scenes, tmp_path, tiny_config):
     torch.manual_seed(0)
-    result = train_detector(tiny_model_config(), tiny_scenes,
+    result = train_detector(tiny_config("detector"), tiny_scenes,
                             TrainConfig(epochs=2, batch_size=8, progress=False, device="cpu"), tmp_path / "run")
     assert result["stopped"] == "completed" and result["best"]["metric"] == "map"
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -84,7 +78,7 @@ def test_train_evaluate_load_and_detect_files(tiny_scenes, tmp_path):
     assert len(figures) == 1 and figures[0].stat().st_size > 0
 
 
-def test_coco_files_feed_the_same_pipeline(tiny_scenes, tmp_path):
+def test_coco_files_feed_the_same_pipeline(tiny_scenes, tmp_path, tiny_detector):
     samples = [tiny_scenes.val[i] for i in range(4)]
     ids = [2 * i + 5 for i in range(16)]  # non-contiguous category ids
     train_file = write_coco(samples[:2], tmp_path / "train", tiny_scenes.class_names, category_ids=ids)
@@ -94,7 +88,7 @@ def test_coco_files_feed_the_same_pipeline(tiny_scenes, tmp_path):
     batch = collate([data.val[0], data.val[1]])
     assert batch["images"].shape == (2, 3, 24, 24) and batch["image_sizes"] == [(32, 32), (32, 32)]
     assert torch.allclose(batch["boxes"][0], samples[2]["boxes"], atol=1e-3)
-    model = Detector(replace(tiny_model_config(), num_classes=16, class_names=data.class_names))
+    model = tiny_detector(num_classes=16, class_names=data.class_names)
     loader = torch.utils.data.DataLoader(data.val, batch_size=2, collate_fn=collate)
     metrics = evaluate_detector(model, loader, torch.device("cpu"), category_ids=data.category_ids)
     assert {"map", "map_50", "energy_in_pred_box", "num_detections"} <= set(metrics)

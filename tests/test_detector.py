@@ -1,4 +1,5 @@
-"""The DETR-style detector head: shapes, attention maps, gradients, post-processing, save/load."""
+"""The DETR-style detector head on the registered tiny_detector: shapes, attention maps, gradients,
+post-processing, save/load."""
 
 from __future__ import annotations
 
@@ -6,18 +7,9 @@ import pytest
 import torch
 
 from visattn.boxes import denormalize_boxes
-from visattn.encoders import EncoderConfig
 from visattn.heads.detection_loss import SetCriterion
 from visattn.heads.detector import Detector, DetectorConfig, sine_embedding
 from visattn.models import build_model
-
-
-def tiny_config(**overrides) -> DetectorConfig:
-    fields = dict(encoder=EncoderConfig(width=16, depth=2, num_downsample=2, norm="group"), num_classes=3,
-                  class_names=["a", "b", "c"], num_queries=6, hidden_dim=16, num_heads=2, num_layers=2,
-                  ffn_dim=32)
-    fields.update(overrides)
-    return DetectorConfig(**fields)
 
 
 def targets() -> list[dict[str, torch.Tensor]]:
@@ -26,9 +18,8 @@ def targets() -> list[dict[str, torch.Tensor]]:
 
 
 @pytest.mark.parametrize("reference_points", [True, False])
-def test_output_shapes_and_attention_rows_sum_to_one(reference_points):
-    torch.manual_seed(0)
-    model = Detector(tiny_config(reference_points=reference_points))
+def test_output_shapes_and_attention_rows_sum_to_one(reference_points, tiny_detector):
+    model = tiny_detector(reference_points=reference_points)
     out = model(torch.rand(2, 3, 24, 32))  # grid 6 x 8 after two halvings
     assert out["pred_logits"].shape == (2, 6, 4)
     assert out["pred_boxes"].shape == (2, 6, 4)
@@ -38,11 +29,11 @@ def test_output_shapes_and_attention_rows_sum_to_one(reference_points):
     assert (out["attention"] >= 0).all()
     assert len(out["aux_outputs"]) == 1
     assert out["aux_outputs"][0]["pred_logits"].shape == (2, 6, 4)
-    assert "aux_outputs" not in Detector(tiny_config(aux_loss=False))(torch.rand(1, 3, 16, 16))
+    assert "aux_outputs" not in tiny_detector(aux_loss=False)(torch.rand(1, 3, 16, 16))
 
 
-def test_anchors_start_on_a_grid():
-    model = Detector(tiny_config(num_queries=4))
+def test_anchors_start_on_a_grid(tiny_detector):
+    model = tiny_detector(num_queries=4)
     boxes = model(torch.rand(1, 3, 16, 16))["pred_boxes"][0]  # (4, 4): 2 x 2 anchors of half the image
     expected = torch.tensor([[0.25, 0.25, 0.5, 0.5], [0.75, 0.25, 0.5, 0.5],
                              [0.25, 0.75, 0.5, 0.5], [0.75, 0.75, 0.5, 0.5]])
@@ -50,9 +41,8 @@ def test_anchors_start_on_a_grid():
 
 
 @pytest.mark.parametrize("reference_points, position_in_values", [(True, True), (True, False), (False, False)])
-def test_loss_is_finite_and_every_parameter_gets_a_gradient(reference_points, position_in_values):
-    torch.manual_seed(0)
-    model = Detector(tiny_config(reference_points=reference_points, position_in_values=position_in_values))
+def test_loss_is_finite_and_every_parameter_gets_a_gradient(reference_points, position_in_values, tiny_detector):
+    model = tiny_detector(reference_points=reference_points, position_in_values=position_in_values)
     losses = SetCriterion(3)(model(torch.rand(2, 3, 16, 16)), targets())
     assert {"loss_ce_0", "loss_bbox_0", "loss_giou_0"} <= set(losses)
     assert all(torch.isfinite(value) for value in losses.values())
@@ -61,9 +51,8 @@ def test_loss_is_finite_and_every_parameter_gets_a_gradient(reference_points, po
     assert missing == []
 
 
-def test_batched_forward_equals_single_images():
-    torch.manual_seed(0)
-    model = Detector(tiny_config()).eval()
+def test_batched_forward_equals_single_images(tiny_detector):
+    model = tiny_detector().eval()
     images = torch.rand(3, 3, 16, 16)
     with torch.no_grad():
         batched = model(images)
@@ -73,9 +62,8 @@ def test_batched_forward_equals_single_images():
                 assert torch.allclose(batched[key][b], single[key][0], atol=1e-5), key
 
 
-def test_postprocess_threshold_top_k_and_pixel_boxes():
-    torch.manual_seed(0)
-    model = Detector(tiny_config()).eval()
+def test_postprocess_threshold_top_k_and_pixel_boxes(tiny_detector):
+    model = tiny_detector().eval()
     with torch.no_grad():
         out = model(torch.rand(2, 3, 16, 16))
     out["pred_logits"] = torch.randn(2, 6, 4) * 3
@@ -119,13 +107,13 @@ def test_sine_embedding_distinguishes_points():
     assert torch.allclose(enc[0, :16], enc[2, :16])  # same y -> same y half
 
 
-def test_registry_build_and_save_load_round_trip(tmp_path):
+def test_registry_build_and_save_load_round_trip(tmp_path, tiny_config):
     from visattn.checkpoint import save_checkpoint
     from visattn.config import config_to_dict
     from visattn.models import load
 
     torch.manual_seed(0)
-    model = build_model("detector", config_to_dict(tiny_config()))
+    model = build_model("detector", config_to_dict(tiny_config("detector")))
     assert isinstance(model, Detector) and model.config.class_names == ["a", "b", "c"]
     path = save_checkpoint(tmp_path / "det.safetensors", model, task="detect", model_name="detector",
                            config=config_to_dict(model.config))

@@ -18,7 +18,6 @@ from torch.utils.data import Dataset
 from visattn import distributed as dist
 from visattn.encoders import EncoderConfig
 from visattn.engine import TrainConfig, fit
-from visattn.heads.classifier import ClassifierConfig
 from visattn.models import build_model, load
 from visattn.tasks import get_task
 
@@ -48,13 +47,14 @@ class Squares(Dataset):
                 "image_id": i}
 
 
+# The registered tiny models (this file is also the torchrun worker, so no fixtures), with GroupNorm and no
+# dropout: nothing that depends on the per-rank share of a batch or on per-rank RNG. One halving: 8x8 grids.
+ENCODER = EncoderConfig(width=8, depth=2, num_downsample=1, norm="group")
+
+
 def _model():
-    # GroupNorm and no dropout: nothing that depends on the per-rank share of a batch or on per-rank RNG.
     torch.manual_seed(0)
-    config = ClassifierConfig(encoder=EncoderConfig(width=8, depth=2, num_downsample=1, norm="group"),
-                              class_names=["a", "b", "c"], attention_dim=8, hidden_dim=16, dropout=0.0,
-                              image_size=16)
-    return build_model("classifier", config)
+    return build_model("tiny_classifier", encoder=ENCODER, dropout=0.0)
 
 
 def _train(run_dir: Path, batch_size: int) -> dict:
@@ -79,15 +79,10 @@ class Strokes(Squares):
 
 
 def _train_captioner(run_dir: Path, batch_size: int) -> tuple[dict, torch.nn.Module]:
-    from visattn.heads.captioner import CaptionerConfig
-
     torch.manual_seed(0)
-    config = CaptionerConfig(encoder=EncoderConfig(width=8, depth=2, num_downsample=1, norm="group"),
-                             vocab=CAPTION_VOCAB, attention_dim=8, decoder_dim=16, embed_dim=8, dropout=0.0,
-                             image_size=16, max_len=6)
+    model = build_model("tiny_captioner", encoder=ENCODER, vocab=CAPTION_VOCAB, attention_dim=8, max_len=6)
     train = TrainConfig(epochs=2, batch_size=batch_size, lr=5e-3, device="cpu", progress=False, seed=7,
                         warmup_steps=2)
-    model = build_model("captioner", config)
     return fit(model, get_task("caption"), Strokes(NUM_TRAIN, 0), Strokes(NUM_VAL, 1), train, run_dir), model
 
 
@@ -109,14 +104,10 @@ class Boxes(Squares):
 
 
 def _train_detector(run_dir: Path, batch_size: int) -> tuple[dict, torch.nn.Module]:
-    from visattn.heads.detector import DetectorConfig
-
     torch.manual_seed(0)
-    config = DetectorConfig(encoder=EncoderConfig(width=8, depth=2, num_downsample=1, norm="group"), num_classes=3,
-                            num_queries=4, hidden_dim=16, num_heads=2, num_layers=2, ffn_dim=32, image_size=16)
+    model = build_model("tiny_detector", encoder=ENCODER, num_queries=4, image_size=16)
     train = TrainConfig(epochs=2, batch_size=batch_size, lr=2e-3, device="cpu", progress=False, seed=7,
                         warmup_steps=2)
-    model = build_model("detector", config)
     return fit(model, get_task("detect", num_classes=3), Boxes(NUM_TRAIN, 0), Boxes(NUM_VAL, 1), train, run_dir), model
 
 
@@ -169,6 +160,7 @@ def _worker(run_dir: Path) -> None:
     dist.cleanup()
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_torchrun_two_processes_match_one_process(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

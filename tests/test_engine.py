@@ -8,9 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from visattn.checkpoint import read_checkpoint
-from visattn.encoders import EncoderConfig
 from visattn.engine import TrainConfig, fit, lr_factor, select_device
-from visattn.heads.classifier import ClassifierConfig
 from visattn.models import build_model, load
 from visattn.tasks.classify import ClassifyTask
 
@@ -36,10 +34,10 @@ class Blobs(Dataset):
 
 
 def tiny_model(seed=0):
+    # (Not the tiny_classifier fixture: helpers below build models too.) Dropout, so that an exact resume
+    # has to restore the random state as well as the weights.
     torch.manual_seed(seed)
-    cfg = ClassifierConfig(encoder=EncoderConfig(width=8, depth=2, num_downsample=1), class_names=["a", "b", "c"],
-                           attention_dim=8, hidden_dim=16, dropout=0.2, image_size=16)
-    return build_model("classifier", cfg)
+    return build_model("tiny_classifier", dropout=0.2)
 
 
 def cfg(**kw):
@@ -48,6 +46,7 @@ def cfg(**kw):
     return TrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_fit_writes_run_folder_and_learns(tmp_path):
     result = fit(tiny_model(), ClassifyTask(), Blobs(64, 0), Blobs(32, 1), cfg(), tmp_path)
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -62,6 +61,7 @@ def test_fit_writes_run_folder_and_learns(tmp_path):
     assert load(tmp_path / "best.safetensors").config.class_names == ["a", "b", "c"]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
     full = fit(tiny_model(), ClassifyTask(), Blobs(64, 0), Blobs(16, 1), cfg(), tmp_path / "full")
     # The same run interrupted after epoch 2, then resumed from its last checkpoint by a differently seeded model.
@@ -139,7 +139,14 @@ def test_schedule_and_config_validation():
     with pytest.raises(ValueError, match="schedule must be"):
         TrainConfig(schedule="linear")
     assert select_device("cpu").type == "cpu"
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            select_device("cuda")
     assert math.isfinite(lr_factor(5, 1, TrainConfig()))
+
+
+def test_asking_for_an_absent_gpu_is_a_clear_error(monkeypatch):
+    # On every machine, GPU or not: the answer without CUDA is what a CPU-only user sees.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="'cuda' asked for, but CUDA is not available"):
+        select_device("cuda")
+    with pytest.raises(ValueError, match="'cuda:1' asked for, but CUDA is not available"):
+        select_device("cuda:1")
+    assert select_device("auto").type in ("cpu", "mps")

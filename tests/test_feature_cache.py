@@ -189,6 +189,7 @@ def _worker(directory: Path) -> None:
     dist.cleanup()
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_under_torchrun_rank_zero_builds_and_every_rank_reads(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")

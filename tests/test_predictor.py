@@ -13,21 +13,17 @@ from visattn.checkpoint import save_checkpoint
 from visattn.config import config_to_dict
 from visattn.data.images import ImageLoadError
 from visattn.encoders import EncoderConfig
-from visattn.heads.captioner import CaptionerConfig
-from visattn.heads.classifier import ClassifierConfig
-from visattn.heads.detector import DetectorConfig
 from visattn.models import build_model
 
-ENCODER = EncoderConfig(width=8, depth=2, num_downsample=2, norm="group")
 VOCAB = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "green", "circle", "two"]
-CONFIGS = {
-    "classify": ("classifier", ClassifierConfig(encoder=ENCODER, class_names=["x", "y", "z"], attention_dim=8,
-                                                hidden_dim=8, image_size=24)),
-    "caption": ("captioner", CaptionerConfig(encoder=ENCODER, vocab=VOCAB, attention_dim=8, decoder_dim=16,
-                                             embed_dim=8, dropout=0.0, max_len=7, image_size=24)),
-    "detect": ("detector", DetectorConfig(encoder=ENCODER, num_classes=3, class_names=["x", "y", "z"],
-                                          num_queries=4, hidden_dim=16, num_heads=2, num_layers=1, ffn_dim=16,
-                                          image_size=24)),
+# The registered tiny models at 24 px (a 6x6 grid), with their own names and words, saved as training saves them:
+# under the task's model name. GroupNorm encoders, so that nothing depends on batch statistics.
+ENCODER = EncoderConfig(width=8, depth=2, num_downsample=2, norm="group")
+MODELS = {
+    "classify": ("classifier", dict(encoder=ENCODER, class_names=["x", "y", "z"], image_size=24)),
+    "caption": ("captioner", dict(encoder=ENCODER, vocab=VOCAB, max_len=7, image_size=24)),
+    "detect": ("detector", dict(encoder=ENCODER, class_names=["x", "y", "z"], num_queries=4, num_layers=1,
+                                image_size=24)),
 }
 
 
@@ -35,11 +31,11 @@ CONFIGS = {
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("checkpoints")
     paths = {}
-    for task, (name, config) in CONFIGS.items():
+    for task, (name, overrides) in MODELS.items():
         torch.manual_seed(0)
-        model = build_model(name, config)
+        model = build_model(f"tiny_{name}", **overrides)
         paths[task] = save_checkpoint(root / f"{task}.safetensors", model, task=task, model_name=name,
-                                      config=config_to_dict(config))
+                                      config=config_to_dict(model.config))
     return paths
 
 

@@ -16,7 +16,7 @@ Shapes (B batch, L = H'·W' grid locations, C feature width, D query width, Q qu
 Weights are non-negative and sum to one over the valid locations. Multi-head modules return the mean
 of their heads' weights, which is still a distribution over locations.
 
-The scoring functions (``create_attention(name, ...)``):
+The scoring functions (``create_attention(name, key_dim, query_dim, **options)``):
 
     concat      w·[a_i; h] + b                    the textbook formula; CANNOT attend (see below)
     additive    w·tanh(W_k a_i + W_q h)           Bahdanau; Show, Attend and Tell (the default)
@@ -28,13 +28,20 @@ Why ``concat`` cannot attend: ``w·[a_i; h] = w_a·a_i + w_h·h``, and ``w_h·h`
 every location i. Softmax over i is invariant to adding a constant, so the weights depend on the
 image alone and never on the query. It is kept (and :class:`VisualAttention` with the tutorial's exact
 API) for compatibility with checkpoints and code written against it; the tests prove the flaw.
+
+Adding a scoring function is one class in this file: subclass :class:`Attention`, implement ``prepare`` and
+``_logits`` (and ``_combine`` if the values are not the raw features), take options as keyword-only
+constructor arguments, set ``supports_sampling = False`` if one location cannot be drawn from it, and decorate
+it with ``@register_attention("name")``. The CLI choices, the factory and the contract tests
+(``tests/test_attention.py``, parametrized over :func:`list_attentions`) pick it up from the registry.
 """
 
 from __future__ import annotations
 
 import abc
+import inspect
 import math
-from typing import Callable, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +57,9 @@ __all__ = [
     "ScaledDotAttention",
     "MultiHeadAttention",
     "VisualAttention",
+    "SHARED_OPTIONS",
+    "attention_class",
+    "attention_options",
     "create_attention",
     "list_attentions",
     "register_attention",
@@ -127,7 +137,12 @@ class Attention(nn.Module, metaclass=abc.ABCMeta):
         query_dim: width D of the query.
         out_dim: width of the returned context.
         num_heads: 1 for single-head modules.
+        supports_sampling: class attribute; True when :meth:`sample` can draw one location per query (hard
+            attention needs one distribution over locations and values of shape (B, L, C)). Decoders ask this
+            instead of checking names.
     """
+
+    supports_sampling: ClassVar[bool] = True
 
     def __init__(self, key_dim: int, query_dim: int, *, out_dim: int | None = None, num_heads: int = 1):
         super().__init__()
@@ -199,9 +214,15 @@ class Attention(nn.Module, metaclass=abc.ABCMeta):
         return context, weights
 
     def sample(self, keys: AttentionKeys, query: Tensor, mask: Tensor | None = None) -> HardAttentionSample:
-        """Hard attention: draw one location per query from the softmax of the same scores."""
-        if self.num_heads != 1:
-            raise ValueError("hard attention samples one location per query; use a single-head scoring function")
+        """Hard attention: draw one location per query from the softmax of the same scores.
+
+        Raises:
+            ValueError: for a module whose ``supports_sampling`` is False, naming the scorers that can sample.
+        """
+        if not self.supports_sampling:
+            able = [name for name in list_attentions() if _REGISTRY[name].supports_sampling]
+            raise ValueError(f"{type(self).__name__} cannot sample one location per query (hard attention needs a "
+                             f"single-head scoring function); scorers that can: {', '.join(able)}")
         queries, single = self._as_queries(query)
         weights = masked_softmax(self._logits(keys, queries).squeeze(1), mask)  # (B, Q, L)
         # log(0) = -inf at masked places: Categorical never samples them and their entropy term is 0.
@@ -242,21 +263,50 @@ def list_attentions() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_attention(name: str, key_dim: int, query_dim: int, **kwargs) -> Attention:
-    """Build a scoring function by name.
-
-    Args:
-        name: one of :func:`list_attentions`.
-        key_dim: width of the features attended over.
-        query_dim: width of the query.
-        **kwargs: the class's keyword options (``attention_dim``, ``num_heads``, ``dropout``, ...).
+def attention_class(name: str) -> type[Attention]:
+    """The class registered as ``name``, to ask it about itself (``supports_sampling``) before building one.
 
     Raises:
         ValueError: for an unknown name, listing the valid ones.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown attention {name!r}; valid names: {', '.join(list_attentions())}")
-    return _REGISTRY[name](key_dim, query_dim, **kwargs)
+    return _REGISTRY[name]
+
+
+#: Options a head passes whatever scorer the user picks (the classifier's and captioner's ``attention_dim``, the
+#: classifier's ``num_heads``). :func:`create_attention` drops these, and only these, for a scorer whose
+#: constructor has no such argument (``dot`` has no hidden width, single-head scorers have no heads).
+SHARED_OPTIONS = frozenset({"attention_dim", "num_heads"})
+
+
+def attention_options(name: str) -> list[str]:
+    """The keyword options the scorer ``name`` takes: its constructor's keyword-only arguments."""
+    parameters = inspect.signature(attention_class(name).__init__).parameters.values()
+    return [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def create_attention(name: str, key_dim: int, query_dim: int, **options: Any) -> Attention:
+    """Build a scoring function by name.
+
+    Args:
+        name: one of :func:`list_attentions`.
+        key_dim: width of the features attended over.
+        query_dim: width of the query.
+        **options: the scorer's keyword options (:func:`attention_options`: ``attention_dim``, ``num_heads``,
+            ``out_dim``, ``dropout``, ...). Of the :data:`SHARED_OPTIONS`, those the scorer does not take are
+            dropped; any other option it does not take is an error, so a typo never passes silently.
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones; for an option the scorer does not take,
+            naming it and listing the scorer's options.
+    """
+    accepted = attention_options(name)
+    unknown = sorted(set(options) - set(accepted) - SHARED_OPTIONS)
+    if unknown:
+        raise ValueError(f"attention {name!r} takes no option(s) {', '.join(map(repr, unknown))}; "
+                         f"its options: {', '.join(accepted) or 'none'}")
+    return _REGISTRY[name](key_dim, query_dim, **{k: v for k, v in options.items() if k in accepted})
 
 
 @register_attention("concat")
@@ -267,7 +317,7 @@ class ConcatAttention(Attention):
     softmax, so the weights never depend on the query. Use ``additive`` or ``scaled_dot`` instead.
     """
 
-    def __init__(self, key_dim: int, query_dim: int, **unused: object):
+    def __init__(self, key_dim: int, query_dim: int):
         super().__init__(key_dim, query_dim)
         self.attention = nn.Linear(key_dim + query_dim, 1)
 
@@ -288,7 +338,7 @@ class ConcatAttention(Attention):
 class AdditiveAttention(Attention):
     """Bahdanau / Show, Attend and Tell: ``score_i = w·tanh(W_k a_i + W_q h)``."""
 
-    def __init__(self, key_dim: int, query_dim: int, *, attention_dim: int = 256, **unused: object):
+    def __init__(self, key_dim: int, query_dim: int, *, attention_dim: int = 256):
         super().__init__(key_dim, query_dim)
         self.key_proj = nn.Linear(key_dim, attention_dim)
         self.query_proj = nn.Linear(query_dim, attention_dim, bias=False)
@@ -325,7 +375,7 @@ class AdditiveAttention(Attention):
 class DotAttention(Attention):
     """Luong's "general" score: ``score_i = (W_q h)·a_i``; the query is projected to the key width."""
 
-    def __init__(self, key_dim: int, query_dim: int, **unused: object):
+    def __init__(self, key_dim: int, query_dim: int):
         super().__init__(key_dim, query_dim)
         self.query_proj = nn.Linear(query_dim, key_dim, bias=False)
 
@@ -341,7 +391,7 @@ class DotAttention(Attention):
 class ScaledDotAttention(Attention):
     """One Transformer head: ``score_i = (W_q h)·(W_k a_i) / sqrt(A)``; values are the raw features."""
 
-    def __init__(self, key_dim: int, query_dim: int, *, attention_dim: int = 256, **unused: object):
+    def __init__(self, key_dim: int, query_dim: int, *, attention_dim: int = 256):
         super().__init__(key_dim, query_dim)
         self.key_proj = nn.Linear(key_dim, attention_dim)
         self.query_proj = nn.Linear(query_dim, attention_dim)
@@ -362,7 +412,10 @@ class MultiHeadAttention(Attention):
     The context is ``W_o [head_1; ...; head_h]`` of width ``out_dim`` (``key_dim`` unless given);
     the returned weights are the mean over heads. ``dropout`` drops attention weights inside the
     context computation during training; the returned weights are the undropped distribution.
+    It cannot sample: its values are per head, (B, h, L, d), and its weights average several distributions.
     """
+
+    supports_sampling = False
 
     def __init__(
         self,
@@ -373,7 +426,6 @@ class MultiHeadAttention(Attention):
         num_heads: int = 8,
         out_dim: int | None = None,
         dropout: float = 0.0,
-        **unused: object,
     ):
         if attention_dim % num_heads != 0:
             raise ValueError(f"attention_dim ({attention_dim}) must be divisible by num_heads ({num_heads})")

@@ -3,6 +3,10 @@
 Every model is an ``nn.Module`` constructed as ``Model(config)`` from a dataclass config that it keeps
 as ``self.config``; that config is everything needed to rebuild it (class names and vocabularies
 included), and the checkpoint stores it beside the weights.
+
+A variant (timm's size variants) is a registered model with another default config: ``tiny_classifier``,
+``tiny_captioner`` and ``tiny_detector`` (:mod:`visattn.heads.variants`) are built, saved and loaded exactly
+like the full-size models, in a fraction of a second; the tests and smoke runs use them.
 """
 
 from __future__ import annotations
@@ -16,17 +20,25 @@ from torch import nn
 from visattn.checkpoint import Checkpoint, CheckpointError, read_checkpoint
 from visattn.config import config_from_dict
 
-__all__ = ["register_model", "build_model", "list_models", "model_entry", "load", "model_from_checkpoint", "ModelEntry"]
+__all__ = ["register_model", "register_variant", "build_model", "list_models", "model_entry", "load",
+           "model_from_checkpoint", "ModelEntry"]
 
 M = TypeVar("M", bound=type[nn.Module])
 
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """One registered name: the class, its config class, its task, and the config ``build_model`` uses by
+    default (None: the config class's own defaults)."""
+
     name: str
     cls: type[nn.Module]
     config_cls: type
     task: str
+    default_config: Callable[[], Any] | None = None
+
+    def make_config(self) -> Any:
+        return self.config_cls() if self.default_config is None else self.default_config()
 
 
 _MODELS: dict[str, ModelEntry] = {}
@@ -42,6 +54,22 @@ def register_model(name: str, config_cls: type, *, task: str) -> Callable[[M], M
         return cls
 
     return add
+
+
+def register_variant(name: str, *, base: str, config: Callable[[], Any]) -> None:
+    """Register ``name`` as the model ``base`` with ``config()`` as its default config; refuses duplicate names.
+
+    Args:
+        name: the variant's name, e.g. ``"tiny_classifier"``.
+        base: an already registered model name; the variant shares its class, config class and task.
+        config: returns a fresh config of ``base``'s config class.
+    """
+    if name in _MODELS:
+        raise ValueError(f"model {name!r} is already registered by {_MODELS[name].cls.__name__}")
+    if base not in _MODELS:
+        raise ValueError(f"variant {name!r}: unknown base model {base!r}; registered: {', '.join(sorted(_MODELS))}")
+    entry = _MODELS[base]
+    _MODELS[name] = ModelEntry(name, entry.cls, entry.config_cls, entry.task, config)
 
 
 def _ensure_registered() -> None:
@@ -68,12 +96,13 @@ def build_model(name: str, config: Any = None, **overrides: Any) -> nn.Module:
 
     Args:
         name: a name from :func:`list_models`.
-        config: its config dataclass, or a dict of fields (unknown keys are a ValueError); None for defaults.
+        config: its config dataclass, or a dict of fields (unknown keys are a ValueError; fields left out take
+            the config class's defaults); None for the entry's default config (a variant's own).
         **overrides: fields replacing those of ``config``.
     """
     entry = model_entry(name)
     if config is None:
-        config = entry.config_cls()
+        config = entry.make_config()
     elif isinstance(config, dict):
         config = config_from_dict(entry.config_cls, config, source=f"{name} config")
     elif not isinstance(config, entry.config_cls):

@@ -5,15 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from visattn.attention import list_attentions
 from visattn.cli.common import (
     CliError, UsageError, add_device_option, add_strict_option, add_train_options, load_json_config, load_predictor,
     positive_int, report_metrics, report_training, train_config_from_args,
 )
 
 __all__ = ["register"]
-
-ATTENTIONS = ["additive", "dot", "scaled_dot", "multihead", "concat", "none"]
-
 
 def register(commands: dict) -> None:
     train = commands["train"].add_parser(
@@ -41,7 +39,7 @@ def register(commands: dict) -> None:
                       help="pairs: one item per (image, caption); random: one item per image, random caption")
     model = train.add_argument_group("model")
     model.add_argument("--config", type=Path, default=None, help="JSON of CaptionerConfig fields; options override")
-    model.add_argument("--attention", choices=ATTENTIONS, default=None, help="scoring; none = Show and Tell")
+    model.add_argument("--attention", choices=list_attentions() + ["none"], default=None, help="scoring; none = Show and Tell")
     model.add_argument("--attention-mode", choices=["soft", "hard"], default=None)
     model.add_argument("--attention-dim", type=positive_int, default=None)
     model.add_argument("--decoder-dim", type=positive_int, default=None)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from visattn.attention import list_attentions
 from visattn.cli.common import (
     CliError, add_device_option, add_strict_option, add_train_options, load_json_config, load_predictor,
     positive_int, report_metrics, report_training, train_config_from_args,
@@ -33,8 +34,8 @@ def register(commands: dict) -> None:
     model.add_argument("--config", type=Path, default=None,
                        help="JSON file of ClassifierConfig fields; the options below override it")
     model.add_argument("--pooling", choices=["attention", "gap"], default=None, help="default: attention")
-    model.add_argument("--attention", default=None, help="scoring function (additive, dot, scaled_dot, multihead, "
-                                                          "concat); default: additive")
+    model.add_argument("--attention", choices=list_attentions(), default=None,
+                       help="scoring function; default: additive")
     model.add_argument("--glimpses", type=positive_int, default=None, dest="num_glimpses", help="default: 1")
     model.add_argument("--glimpse-mode", choices=["parallel", "recurrent"], default=None, help="default: parallel")
     model.add_argument("--encoder", default=None, help='"small_cnn", "tv:<name>" or "timm:<name>"')

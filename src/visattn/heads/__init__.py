@@ -3,3 +3,4 @@
 from visattn.heads import captioner  # noqa: F401  (registers "captioner")
 from visattn.heads import classifier  # noqa: F401  (registers "classifier")
 from visattn.heads import detector  # noqa: F401  (registers "detector")
+from visattn.heads import variants  # noqa: F401  (registers "tiny_classifier", "tiny_captioner", "tiny_detector")

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from visattn.attention import AttentionKeys, create_attention, list_attentions
+from visattn.attention import AttentionKeys, attention_class, create_attention, list_attentions
 from visattn.encoders import EncoderConfig, create_encoder
 from visattn.heads.beam import Hypothesis, beam_search, check_decoding_args, expand_for_beams, greedy_search
 from visattn.heads.recurrence import RunningBatch, StepLinear
@@ -112,9 +112,11 @@ class CaptionerConfig:
             raise ValueError(f"CaptionerConfig.attention: unknown {self.attention!r}; valid: {', '.join(valid)}")
         if self.attention_mode not in ("soft", "hard"):
             raise ValueError(f"CaptionerConfig.attention_mode: expected 'soft' or 'hard', got {self.attention_mode!r}")
-        if self.attention_mode == "hard" and self.attention in ("none", "multihead"):
-            raise ValueError(f"CaptionerConfig: hard attention needs a single-head scoring function, "
-                             f"not {self.attention!r}")
+        if self.attention_mode == "hard" and (self.attention == "none"
+                                              or not attention_class(self.attention).supports_sampling):
+            able = [name for name in list_attentions() if attention_class(name).supports_sampling]
+            raise ValueError(f"CaptionerConfig: hard attention needs a single-head scoring function that can "
+                             f"sample, not {self.attention!r}; valid: {', '.join(able)}")
         if self.gate not in ("scalar", "channel", "none"):
             raise ValueError(f"CaptionerConfig.gate: expected 'scalar', 'channel' or 'none', got {self.gate!r}")
         for name in ("dropout", "hard_expected_context_prob", "scheduled_sampling", "hard_baseline_decay"):
