@@ -350,8 +350,8 @@ class AdditiveAttention(Attention):
 
     def _logits(self, keys: AttentionKeys, query: Tensor) -> Tensor:
         # w·tanh(u) + b is computed as (2w)·σ(2u) + (b − Σw), since tanh(u) = 2σ(2u) − 1: the same scores and
-        # gradients, but PyTorch's logistic function (and its backward) is ~6-13x faster than tanh on CPUs,
-        # and this (B, Q, L, A) tensor is the largest of every decoding step.
+        # gradients, but PyTorch's logistic function (and its backward) is much faster than tanh on CPUs (see
+        # docs/design.md), and this (B, Q, L, A) tensor is the largest of every decoding step.
         q = self.query_proj(query)  # (B, Q, A)
         weight, bias = self.score.weight, self.score.bias  # (1, A), (1,)
         weight, bias = 2.0 * weight, bias - weight.sum(dim=1)
@@ -362,7 +362,7 @@ class AdditiveAttention(Attention):
             hidden = torch.add(keys.keys.unsqueeze(1), q.unsqueeze(2), alpha=2.0).sigmoid_()
             return F.linear(hidden, weight, bias).squeeze(-1).unsqueeze(1)  # (B, 1, Q, L)
         # Without autograd (decoding: k beams are k queries), a few images at a time: the temporary stays
-        # small enough to be reused from cache instead of mapping fresh memory at every step (3x faster).
+        # small enough to be reused from cache instead of mapping fresh memory at every step.
         scores = q.new_empty(batch, num_queries, keys.keys.shape[1])
         for start in range(0, batch, chunk):
             part = slice(start, start + chunk)
