@@ -296,6 +296,51 @@ def detection_figure(image: ImageLike, boxes: ArrayLike, labels: Sequence[int] |
     return _save(fig, path)
 
 
+def _result_panels(result: Any) -> tuple[str, np.ndarray, list[str]]:
+    """(image title, maps (N, H', W'), one title per map) of a typed prediction result."""
+    from visattn.results import CaptionResult, ClassifyResult, DetectResult
+
+    maps = _maps(result.attention) if result.attention.numel() else np.zeros((0, 1, 1), np.float32)
+    if isinstance(result, ClassifyResult):
+        names = [f"glimpse {g + 1}" for g in range(len(maps))] if len(maps) > 1 else ["attention"]
+        return f"{result.label} {result.score:.2f}", maps, names
+    if isinstance(result, CaptionResult):
+        return result.caption, maps, list(result.words)
+    if isinstance(result, DetectResult):
+        names = [f"{label} {score:.2f}" for label, score in zip(result.labels, result.scores.tolist())]
+        return f"{len(names)} detections", maps, names
+    raise ValueError(f"viz: no figure for a {type(result).__name__}")
+
+
+def results_figure(images: Sequence[ImageLike] | torch.Tensor, results: Sequence[Any], *, max_maps: int = 6,
+                   alpha: float = 0.6, panel_size: float = 1.6, dpi: int = 100) -> Figure:
+    """One row per image: the image titled with the prediction, then its attention maps (glimpses, words or
+    kept queries) overlaid, at most ``max_maps`` of them. What a logger shows after each evaluation.
+
+    Args:
+        images: N images; results: their N typed results (``visattn.results``), maps at grid resolution.
+        max_maps, alpha, panel_size, dpi: maps per row, overlay weight, inches per panel, pixels per inch.
+
+    Returns:
+        A headless figure of N rows × (1 + the most maps of any result, at most ``max_maps``) panels;
+        nothing is written.
+    """
+    if len(images) != len(results) or not results:
+        raise ValueError(f"viz: results_figure needs one result per image, got {len(images)} and {len(results)}")
+    panels = [_result_panels(result) for result in results]
+    columns = 1 + max(1, min(max_maps, max(len(maps) for _, maps, _ in panels)))
+    fig = _figure(len(results), columns, panel_size, dpi)
+    axes = fig.subplots(len(results), columns, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for row, (image, (title, maps, names)) in enumerate(zip(images, panels)):
+        picture = _image_array(image)
+        _show(axes[row, 0], picture, title[:40])
+        for k in range(min(max_maps, len(maps))):
+            _show(axes[row, 1 + k], overlay(picture, maps[k], alpha), names[k] if k < len(names) else None)
+    return fig
+
+
 _NOT_PLOTTED = ("epoch", "step", "iteration")
 
 
