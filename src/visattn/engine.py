@@ -8,8 +8,9 @@ A :class:`~visattn.tasks.base.Task` tells the engine how to collate, the named l
 writes ``runs/x/metrics.jsonl`` (one JSON line per epoch), ``runs/x/curves.png`` (both through the
 loggers of :mod:`visattn.loggers`; ``TrainConfig(tensorboard=True)`` adds TensorBoard events with the step and
 epoch scalars and an attention figure per evaluation), ``runs/x/best.safetensors`` and
-``runs/x/last.safetensors`` (with optimizer and RNG state for ``resume``). Under torchrun each process trains on its shard of every epoch and (for tasks that gather,
-``Task.sharded_eval``) evaluates its share of the validation set; rank 0 alone logs, draws and writes.
+``runs/x/last.safetensors`` (with optimizer and RNG state for ``resume``). Under torchrun each process
+trains on its shard of every epoch and (for tasks that gather, ``Task.sharded_eval``) evaluates its share of
+the validation set; rank 0 alone logs, draws and writes.
 """
 
 from __future__ import annotations

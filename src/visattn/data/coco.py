@@ -12,7 +12,8 @@ What happens to bad input:
   missing top-level keys, a malformed record (missing field, ``bbox`` not four numbers), duplicate ids;
 * **skipped, counted and reported** (or an error with ``strict=True``): an annotation whose box is non-finite,
   has zero/negative width or height, or lies outside its image; an annotation with an unknown ``category_id``
-  or ``image_id``; an image whose file is missing. Skips go to the :class:`~visattn.data.core.SkipReport`, whose summary is logged;
+  or ``image_id``; an image whose file is missing. Skips go to the :class:`~visattn.data.core.SkipReport`,
+  whose summary is logged;
 * **valid**: an image without annotations (empty targets: it teaches the detector to say "no object").
 
 Crowd annotations (``iscrowd=1``) are kept out of the training targets (``boxes``/``labels``) but kept in

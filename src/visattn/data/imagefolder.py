@@ -20,8 +20,8 @@ processes each worker records its own skips, so the parent's ``skipped`` list st
 when you need the count.
 
 Writing. :func:`export_imagefolder` writes classification samples as lossless PNGs
-``out_dir/<split>/<class>/<image_id>.png`` (each file atomically); reading that folder back with ``classes=class_names`` gives
-bit-identical image tensors and the same labels.
+``out_dir/<split>/<class>/<image_id>.png`` (each file atomically); reading that folder back with
+``classes=class_names`` gives bit-identical image tensors and the same labels.
 """
 
 from __future__ import annotations

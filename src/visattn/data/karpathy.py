@@ -10,9 +10,10 @@ The format Karpathy's NeuralTalk made standard for caption training::
                 ...]}
 
 :func:`read_karpathy` returns the records of each split (``restval`` joins ``train``, as in every paper that
-uses the Karpathy split) and a :class:`~visattn.data.core.SkipReport`. The image id is ``cocoid`` when present (so results can be
-scored against the COCO annotation files), else ``imgid``. :func:`write_karpathy` writes the same format, so
-procedural scenes can be exported and read back by the same code as the real data.
+uses the Karpathy split) and a :class:`~visattn.data.core.SkipReport`. The image id is ``cocoid`` when present
+(so results can be scored against the COCO annotation files), else ``imgid``. :func:`write_karpathy` writes the
+same format and :func:`export_karpathy` writes samples (images and captions) in it, so procedural scenes can be
+exported and read back by the same code as the real data.
 
 This module also holds what the caption readers share: :class:`CaptionDataError`, :class:`CaptionRecord` and
 the record checks; the error family, the skip report and the JSON helpers are :mod:`visattn.data.core`'s.
