@@ -10,11 +10,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from visattn.encoders import EncoderConfig
 from visattn.engine import TrainConfig, fit
-from visattn.heads.classifier import ClassifierConfig
 from visattn.loggers import JsonlLogger, LoggerGroup, TensorBoardLogger, make_loggers
-from visattn.models import build_model
 from visattn.tasks.classify import ClassifyTask
 
 
@@ -37,13 +34,6 @@ class Squares(Dataset):
                 "image_id": i}
 
 
-def _model():
-    torch.manual_seed(0)
-    config = ClassifierConfig(encoder=EncoderConfig(width=8, depth=2, num_downsample=1), class_names=["a", "b", "c"],
-                              attention_dim=8, hidden_dim=16, image_size=16)
-    return build_model("classifier", config)
-
-
 def _events(log_dir):
     accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     events = accumulator.EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0})
@@ -51,11 +41,11 @@ def _events(log_dir):
     return events
 
 
-def test_a_tiny_run_writes_its_scalars_and_attention_figures_to_tensorboard(tmp_path):
+def test_a_tiny_run_writes_its_scalars_and_attention_figures_to_tensorboard(tmp_path, tiny_classifier):
     pytest.importorskip("tensorboard")
     config = TrainConfig(epochs=2, batch_size=8, lr=5e-3, device="cpu", progress=False, seed=3, log_every=2,
                          tensorboard=True)
-    result = fit(_model(), ClassifyTask(), Squares(32, 0), Squares(8, 1), config, tmp_path)
+    result = fit(tiny_classifier(), ClassifyTask(), Squares(32, 0), Squares(8, 1), config, tmp_path)
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2] and (tmp_path / "curves.png").stat().st_size > 0
     events = _events(tmp_path / "tensorboard")
@@ -71,9 +61,9 @@ def test_a_tiny_run_writes_its_scalars_and_attention_figures_to_tensorboard(tmp_
     assert result["history"][-1]["train_loss"] == lines[-1]["train_loss"]
 
 
-def test_without_tensorboard_the_run_folder_is_as_before(tmp_path):
+def test_without_tensorboard_the_run_folder_is_as_before(tmp_path, tiny_classifier):
     config = TrainConfig(epochs=1, batch_size=8, device="cpu", progress=False)
-    fit(_model(), ClassifyTask(), Squares(16, 0), Squares(8, 1), config, tmp_path)
+    fit(tiny_classifier(), ClassifyTask(), Squares(16, 0), Squares(8, 1), config, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors", "curves.png", "last.safetensors",
                                                           "metrics.jsonl", "train_config.json"]
 
