@@ -128,8 +128,8 @@ def test_karpathy_missing_image_error_or_counted_skip(tmp_path, root):
     data = {"images": [_image(0, "train", ["A dog"]), _image(99, "train", ["A cat"])]}
     path = _write(tmp_path / "d.json", data)
     with pytest.raises(CaptionDataError, match=r"d\.json: images\[1\] \(id 99\): image file not found: .*img99\.jpg"):
-        read_karpathy(path, root)
-    splits, report = read_karpathy(path, root, skip_missing=True)
+        read_karpathy(path, root, strict=True)
+    splits, report = read_karpathy(path, root)
     assert [r.image_id for r in splits["train"]] == [0]
     assert report.skipped == {"missing image file skipped": 1}
     assert "img99.jpg" in report.summary()
@@ -196,9 +196,9 @@ def test_karpathy_broken_files(tmp_path, root, content, message):
 
 
 def test_missing_json_file(tmp_path, root):
-    with pytest.raises(FileNotFoundError, match="caption file not found"):
+    with pytest.raises(CaptionDataError, match="nope.json: caption file not found"):
         read_karpathy(tmp_path / "nope.json", root)
-    with pytest.raises(FileNotFoundError, match="caption file not found"):
+    with pytest.raises(CaptionDataError, match="nope.json: caption file not found"):
         read_coco_captions(tmp_path / "nope.json", root)
 
 
@@ -243,9 +243,9 @@ def test_coco_empty_captions_and_missing_images(tmp_path, root, caplog):
                  [(1, 0, "A dog"), (2, 0, "  "), (3, 1, "..."), (4, 2, "A cat")])
     path = _write(tmp_path / "c.json", data)
     with pytest.raises(CaptionDataError, match=r"c\.json: images\[2\] \(id 2\): image file not found"):
-        read_coco_captions(path, root)
+        read_coco_captions(path, root, strict=True)
     with caplog.at_level(logging.WARNING):
-        records, report = read_coco_captions(path, root, skip_missing=True)
+        records, report = read_coco_captions(path, root)
     assert [r.image_id for r in records] == [0] and records[0].captions == ["A dog"]
     assert report.skipped == {"empty sentence dropped": 2, "image without captions skipped": 2,
                               "missing image file skipped": 1}

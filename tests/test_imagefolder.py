@@ -70,8 +70,8 @@ def test_corrupt_files_are_skipped_and_counted(tmp_path, caplog):
     reasons = dict(folder.skipped)
     assert "truncated" in reasons[str(truncated)] and "empty file" in reasons[str(empty)]
     assert folder.ignored == [str(tmp_path / "dog" / "notes.txt")]
-    summary = folder.summary()
-    assert "5 images in 2 classes" in summary and "2 unreadable files skipped" in summary
+    summary = folder.report.summary()
+    assert "5 images, 2 classes" in summary and "2 unreadable files skipped" in summary
     assert str(truncated) in summary and "1 non-image files ignored" in summary
     assert summary in caplog.text
 

@@ -120,3 +120,22 @@ def test_training_curves_from_engine_records(tmp_path):
         training_curves([], tmp_path / "none.png")
     with pytest.raises(ValueError, match="no numeric series"):
         training_curves([{"epoch": 1, "note": "x"}], tmp_path / "none.png")
+
+
+def test_results_figure_draws_every_task_one_row_per_image():
+    from visattn.results import CaptionHypothesis, CaptionResult, DetectResult
+    from visattn.viz import results_figure
+
+    words = ["a", "red", "circle"]
+    caption = CaptionResult(source="0", image_size=(16, 16), grid=(4, 4), captions=[CaptionHypothesis(
+        text="a red circle", words=words, word_scores=[-0.1] * 3, end_score=-0.2, score=-0.5,
+        attention=_softmax_maps(3), finished=True)])
+    empty = DetectResult(source="1", boxes=torch.zeros(0, 4), scores=torch.zeros(0), labels=[],
+                         label_ids=torch.zeros(0, dtype=torch.int64), query_index=torch.zeros(0, dtype=torch.int64),
+                         attention=torch.zeros(0, 4, 4), image_size=(16, 16))
+    fig = results_figure(torch.rand(2, 3, 16, 16), [caption, empty], max_maps=2, panel_size=1.0, dpi=50)
+    titled = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titled == ["a red circle", "a", "red", "0 detections"]  # two of three words: max_maps
+    assert tuple(fig.get_size_inches() * fig.dpi) == (150, 100)  # 1 + 2 columns, 2 rows
+    with pytest.raises(ValueError, match="one result per image"):
+        results_figure(torch.rand(1, 3, 8, 8), [caption, empty])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,15 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from visattn.data.core import DataError, write_atomic
+
 __all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "read_checkpoint", "FORMAT", "VERSION"]
 
 FORMAT = "visattn-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DataError):
     """A checkpoint that is missing, unreadable, truncated, or not what the caller expects."""
 
 
@@ -79,7 +80,7 @@ def optimizer_state(checkpoint: Checkpoint) -> dict[str, Any]:
     """Rebuild an optimizer state_dict from a training checkpoint."""
     info = checkpoint.training.get("optimizer")
     if info is None:
-        raise CheckpointError(f"{checkpoint.path}: holds no optimizer state (not a training checkpoint)")
+        raise CheckpointError(checkpoint.path, reason="holds no optimizer state (not a training checkpoint)")
     state: dict[int, dict[str, Any]] = {}
     for name, tensor in checkpoint.optimizer_tensors.items():
         index, key = name.split("/", 1)
@@ -110,8 +111,6 @@ def save_checkpoint(
         optimizer: when given, its state is stored for an exact resume.
         save_rng: store the torch (and CUDA) generator states.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # clone(): safetensors refuses tensors that share storage (tied weights, views).
     tensors = {f"model/{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     training = dict(training or {})
@@ -126,17 +125,7 @@ def save_checkpoint(
                 tensors[f"rng/cuda/{i}"] = state
     header = {"format": FORMAT, "version": VERSION, "task": task, "model": model_name, "config": config,
               "training": training}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"visattn": json.dumps(header)})
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"visattn": json.dumps(header)}))
 
 
 def read_checkpoint(path: str | os.PathLike, *, task: str | None = None) -> Checkpoint:
@@ -152,35 +141,34 @@ def read_checkpoint(path: str | os.PathLike, *, task: str | None = None) -> Chec
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(path, reason="checkpoint not found")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or not safetensors): {err}") from err
+        raise CheckpointError(path, reason=f"not a readable checkpoint (truncated or not safetensors): {err}") from err
     if "visattn" not in metadata:
-        raise CheckpointError(f"{path}: a safetensors file, but not a visattn checkpoint (no 'visattn' header)")
+        raise CheckpointError(path, reason="a safetensors file, but not a visattn checkpoint (no 'visattn' header)")
     try:
         header = json.loads(metadata["visattn"])
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path}: corrupt checkpoint header: {err}") from err
+        raise CheckpointError(path, "header", reason=f"corrupt checkpoint header: {err}") from err
     if header.get("format") != FORMAT or not isinstance(header.get("version"), int):
-        raise CheckpointError(f"{path}: unknown checkpoint format {header.get('format')!r}")
+        raise CheckpointError(path, "header", "format", f"is {header.get('format')!r}, an unknown checkpoint format")
     if header["version"] > VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {header['version']} is newer than this visattn ({VERSION})")
+        raise CheckpointError(path, "header", "version", f"is {header['version']}, newer than this visattn ({VERSION})")
     for key in ("task", "model", "config"):
         if key not in header:
-            raise CheckpointError(f"{path}: checkpoint header has no {key!r}")
+            raise CheckpointError(path, "header", reason=f"missing field {key!r}")
     if task is not None and header["task"] != task:
-        raise CheckpointError(
-            f"{path}: this is a {header['task']!r} checkpoint (model {header['model']!r}), expected a {task!r} one"
-        )
+        raise CheckpointError(path, reason=f"this is a {header['task']!r} checkpoint (model {header['model']!r}), "
+                                           f"expected a {task!r} one")
     groups: dict[str, dict[str, Tensor]] = {"model": {}, "optim": {}, "rng": {}}
     for key, tensor in tensors.items():
         prefix, _, rest = key.partition("/")
         if prefix not in groups:
-            raise CheckpointError(f"{path}: unexpected tensor {key!r}")
+            raise CheckpointError(path, reason=f"unexpected tensor {key!r}")
         groups[prefix][rest] = tensor
     return Checkpoint(
         path=path,

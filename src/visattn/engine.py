@@ -5,10 +5,12 @@ A :class:`~visattn.tasks.base.Task` tells the engine how to collate, the named l
 
     fit(model, get_task("classify"), train_set, val_set, TrainConfig(epochs=5), "runs/x")
 
-writes ``runs/x/metrics.jsonl`` (one JSON line per epoch), ``runs/x/curves.png``,
-``runs/x/best.safetensors`` and ``runs/x/last.safetensors`` (with optimizer and RNG state for
-``resume``). Under torchrun each process trains on its shard of every epoch and (for tasks that gather,
-``Task.sharded_eval``) evaluates its share of the validation set; rank 0 alone logs, draws and writes.
+writes ``runs/x/metrics.jsonl`` (one JSON line per epoch), ``runs/x/curves.png`` (both through the
+loggers of :mod:`visattn.loggers`; ``TrainConfig(tensorboard=True)`` adds TensorBoard events with the step and
+epoch scalars and an attention figure per evaluation), ``runs/x/best.safetensors`` and
+``runs/x/last.safetensors`` (with optimizer and RNG state for ``resume``). Under torchrun each process
+trains on its shard of every epoch and (for tasks that gather, ``Task.sharded_eval``) evaluates its share of
+the validation set; rank 0 alone logs, draws and writes.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tqdm.auto import tqdm
 from visattn import distributed as dist
 from visattn.checkpoint import optimizer_state, read_checkpoint, save_checkpoint
 from visattn.config import config_to_dict
+from visattn.loggers import Logger, attention_figure, make_loggers
 from visattn.tasks.base import Task, unwrap
 
 __all__ = ["TrainConfig", "NonFiniteLossError", "fit", "train_one_epoch", "evaluate",
@@ -60,6 +63,7 @@ class TrainConfig:
     log_every: int = 20  # steps between progress-bar updates (and non-finite checks off the CPU)
     compile: bool = False
     progress: bool = True
+    tensorboard: bool = False  # also log to <run_dir>/tensorboard (needs the tensorboard extra)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_every < 1:
@@ -138,8 +142,9 @@ def make_loader(dataset: Dataset, task: Task, cfg: TrainConfig, *, train: bool, 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, task: Task, optimizer: torch.optim.Optimizer,
                     cfg: TrainConfig, device: torch.device, *, epoch: int, step: int, total_steps: int,
-                    scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+                    scaler: torch.amp.GradScaler | None = None, logger: Logger | None = None) -> dict[str, float]:
     """One pass over ``loader``. Returns mean loss terms, ``images_per_s`` and the new global ``step``.
+    Every ``log_every`` steps the step's loss terms and learning rate go to ``logger``.
 
     Raises:
         NonFiniteLossError: on a NaN/inf loss (checked every step on CPU, every ``log_every`` elsewhere).
@@ -181,6 +186,9 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, task: Task, optimizer:
         if num_batches % check_every == 0 and not dist.all_ranks_true(torch.isfinite(sums["loss"])):
             raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {step}")
         if num_batches % cfg.log_every == 0:
+            if logger is not None:
+                logger.log_step(step, {**{k: v.detach() for k, v in terms.items()},
+                                       "lr": optimizer.param_groups[0]["lr"]})
             bar.set_postfix(loss=f"{float(sums['loss']) / num_batches:.4f}",
                             img_s=f"{num_images / (time.perf_counter() - start):.0f}")
     if num_batches and not dist.all_ranks_true(torch.isfinite(sums["loss"])):
@@ -284,12 +292,13 @@ def fit(model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset | Non
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+    loggers = make_loggers(run_dir, tensorboard=cfg.tensorboard, main=dist.is_main(), history=history)
     stopped = "completed"
     for epoch in range(start_epoch, cfg.epochs):
         train_loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
         try:
             stats = train_one_epoch(train_model, train_loader, task, optimizer, cfg, device, epoch=epoch, step=step,
-                                    total_steps=total_steps, scaler=scaler)
+                                    total_steps=total_steps, scaler=scaler, logger=loggers)
         except NonFiniteLossError as err:
             stopped = f"{err}; kept the last good checkpoint in {run_dir}"
             log.error("stopping: %s", stopped)
@@ -312,9 +321,14 @@ def fit(model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset | Non
                 stale = 0
             else:
                 stale += 1
+            if loggers.takes_figures:
+                figure = attention_figure(task, unwrap(model), val_set, device)
+                if figure is not None:
+                    loggers.log_figure("attention", figure, epoch + 1)
         history.append(record)
         if dist.is_main():
-            _write_epoch(run_dir, record, history, model, model_name, task, config_dict, improved, optimizer,
+            loggers.log_epoch(epoch + 1, record)
+            _write_epoch(run_dir, model, model_name, task, config_dict, improved, optimizer,
                          {"epoch": epoch + 1, "step": step, "stale": stale, "history": history, "best": best,
                           "rng": _rng_state()})
             log.info("epoch %d: %s", epoch + 1, _summary(record))
@@ -323,23 +337,18 @@ def fit(model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset | Non
             stopped = f"early stop: {task.monitor} did not improve for {stale} evaluations"
             log.info(stopped)
             break
+    loggers.close()
     return {"history": history, "best": best, "stopped": stopped, "run_dir": str(run_dir)}
 
 
-def _write_epoch(run_dir: Path, record: dict, history: list[dict], model: nn.Module, model_name: str,
-                 task: Task, config_dict: dict, improved: bool, optimizer: torch.optim.Optimizer,
-                 training: dict[str, Any]) -> None:
-    from visattn.viz import training_curves  # matplotlib is imported only when a figure is drawn
-
-    with open(run_dir / "metrics.jsonl", "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+def _write_epoch(run_dir: Path, model: nn.Module, model_name: str, task: Task, config_dict: dict, improved: bool,
+                 optimizer: torch.optim.Optimizer, training: dict[str, Any]) -> None:
     core = unwrap(model)
     save_checkpoint(run_dir / "last.safetensors", core, task=task.name, model_name=model_name, config=config_dict,
                     training=training, optimizer=optimizer, save_rng=True)
     if improved:
         save_checkpoint(run_dir / "best.safetensors", core, task=task.name, model_name=model_name,
                         config=config_dict, training={k: training[k] for k in ("epoch", "step", "best")})
-    training_curves(history, run_dir / "curves.png")
 
 
 def _summary(record: dict[str, Any]) -> str:

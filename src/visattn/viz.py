@@ -17,12 +17,14 @@ from typing import Any, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image, ImageDraw, ImageFont
+
+from visattn.data.images import tensor_to_image
+from visattn.metrics.localisation import upsample_maps
 
 ImageLike = Union[torch.Tensor, np.ndarray, Image.Image]
 ArrayLike = Union[torch.Tensor, np.ndarray]
@@ -32,20 +34,8 @@ WRONG_COLOUR = "#d73027"
 
 
 def _image_array(image: ImageLike) -> np.ndarray:
-    """Any supported image -> float32 array (H, W, 3) in [0, 1]."""
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    if isinstance(image, torch.Tensor):
-        if image.dim() != 3 or image.size(0) != 3:
-            raise ValueError(f"viz: expected an image tensor shaped (3, H, W), got {tuple(image.shape)}")
-        array = image.detach().float().cpu().permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
-        return np.clip(array, 0.0, 1.0)
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"viz: expected a numpy image shaped (H, W, 3), got {array.shape}")
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    return np.clip(array.astype(np.float32), 0.0, 1.0)
+    """Any supported image -> float32 array (H, W, 3) in [0, 1] (float input outside [0, 1] is clipped)."""
+    return np.asarray(tensor_to_image(image, clip=True, source="viz"), dtype=np.float32) / 255.0
 
 
 def _maps(attention: ArrayLike) -> np.ndarray:
@@ -61,7 +51,8 @@ def _maps(attention: ArrayLike) -> np.ndarray:
 
 
 def upsample_attention(attention: ArrayLike, size: tuple[int, int], *, normalize: bool = False) -> np.ndarray:
-    """Bilinearly up-sample attention maps to an image size.
+    """Bilinearly up-sample attention maps to an image size (:func:`~visattn.metrics.localisation.upsample_maps`,
+    the same up-sampling the localisation metrics score).
 
     Args:
         attention: (H', W') or (N, H', W') weights over the feature grid.
@@ -72,13 +63,7 @@ def upsample_attention(attention: ArrayLike, size: tuple[int, int], *, normalize
         float32 numpy array (H, W) or (N, H, W), matching the input's rank.
     """
     squeeze = (attention.dim() if isinstance(attention, torch.Tensor) else np.ndim(attention)) == 2
-    maps = torch.from_numpy(_maps(attention))
-    up = F.interpolate(maps[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]  # (N, H, W)
-    up = up.clamp_min(0.0)
-    if normalize:
-        total = up.sum(dim=(1, 2), keepdim=True)
-        up = torch.where(total > 0, up / total.clamp_min(1e-12), up)
-    out = up.numpy()
+    out = upsample_maps(torch.from_numpy(_maps(attention)), tuple(size), normalize=normalize).numpy()  # (N, H, W)
     return out[0] if squeeze else out
 
 
@@ -108,8 +93,7 @@ def overlay(image: ImageLike, attention: ArrayLike, alpha: float = 0.6, *, cmap:
     Returns:
         An RGB PIL image the size of ``image``.
     """
-    blended = _heat_blend(_image_array(image), attention, alpha, cmap)
-    return Image.fromarray((blended * 255.0 + 0.5).astype(np.uint8), mode="RGB")
+    return tensor_to_image(_heat_blend(_image_array(image), attention, alpha, cmap), clip=True, source="viz")
 
 
 def _figure(rows: int, cols: int, panel_size: float, dpi: int) -> Figure:
@@ -201,7 +185,7 @@ def _frame(image: np.ndarray, attention: np.ndarray, word: str, alpha: float, fr
     height, width = image.shape[:2]
     scale = frame_size / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    big = np.asarray(Image.fromarray((image * 255).astype(np.uint8)).resize(size, Image.BILINEAR))
+    big = np.asarray(tensor_to_image(image, clip=True, source="viz").resize(size, Image.BILINEAR))
     picture = overlay(big, attention, alpha)
     strip = max(16, frame_size // 6)
     frame = Image.new("RGB", (size[0], size[1] + strip), "black")
@@ -310,6 +294,51 @@ def detection_figure(image: ImageLike, boxes: ArrayLike, labels: Sequence[int] |
         _show(ax, overlay(picture, maps[k], alpha), titles[k])
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colours[k], linewidth=1.5))
     return _save(fig, path)
+
+
+def _result_panels(result: Any) -> tuple[str, np.ndarray, list[str]]:
+    """(image title, maps (N, H', W'), one title per map) of a typed prediction result."""
+    from visattn.results import CaptionResult, ClassifyResult, DetectResult
+
+    maps = _maps(result.attention) if result.attention.numel() else np.zeros((0, 1, 1), np.float32)
+    if isinstance(result, ClassifyResult):
+        names = [f"glimpse {g + 1}" for g in range(len(maps))] if len(maps) > 1 else ["attention"]
+        return f"{result.label} {result.score:.2f}", maps, names
+    if isinstance(result, CaptionResult):
+        return result.caption, maps, list(result.words)
+    if isinstance(result, DetectResult):
+        names = [f"{label} {score:.2f}" for label, score in zip(result.labels, result.scores.tolist())]
+        return f"{len(names)} detections", maps, names
+    raise ValueError(f"viz: no figure for a {type(result).__name__}")
+
+
+def results_figure(images: Sequence[ImageLike] | torch.Tensor, results: Sequence[Any], *, max_maps: int = 6,
+                   alpha: float = 0.6, panel_size: float = 1.6, dpi: int = 100) -> Figure:
+    """One row per image: the image titled with the prediction, then its attention maps (glimpses, words or
+    kept queries) overlaid, at most ``max_maps`` of them. What a logger shows after each evaluation.
+
+    Args:
+        images: N images; results: their N typed results (``visattn.results``), maps at grid resolution.
+        max_maps, alpha, panel_size, dpi: maps per row, overlay weight, inches per panel, pixels per inch.
+
+    Returns:
+        A headless figure of N rows × (1 + the most maps of any result, at most ``max_maps``) panels;
+        nothing is written.
+    """
+    if len(images) != len(results) or not results:
+        raise ValueError(f"viz: results_figure needs one result per image, got {len(images)} and {len(results)}")
+    panels = [_result_panels(result) for result in results]
+    columns = 1 + max(1, min(max_maps, max(len(maps) for _, maps, _ in panels)))
+    fig = _figure(len(results), columns, panel_size, dpi)
+    axes = fig.subplots(len(results), columns, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for row, (image, (title, maps, names)) in enumerate(zip(images, panels)):
+        picture = _image_array(image)
+        _show(axes[row, 0], picture, title[:40])
+        for k in range(min(max_maps, len(maps))):
+            _show(axes[row, 1 + k], overlay(picture, maps[k], alpha), names[k] if k < len(names) else None)
+    return fig
 
 
 _NOT_PLOTTED = ("epoch", "step", "iteration")

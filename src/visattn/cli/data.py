@@ -57,65 +57,44 @@ def _dataset(kind: str, num: int, seed: int, image_size: int):
     return SceneDataset(SceneConfig(kind=kind, image_size=image_size), num_samples=num, seed=seed)
 
 
-def _pil(sample: dict):
-    from PIL import Image
-
-    array = (sample["image"].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()  # (3,H,W) -> (H,W,3)
-    return Image.fromarray(array)
-
-
 def run_make(args: argparse.Namespace) -> int:
+    from visattn.data.core import write_atomic
+    from visattn.data.images import save_image
+
     dataset = _dataset(args.kind, args.num, args.seed, args.image_size)
-    images = args.out / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "annotations.jsonl", "w") as handle:
-        for i in range(len(dataset)):
-            sample = dataset[i]
-            path = images / f"{sample['image_id']}.png"
-            _pil(sample).save(path)
-            record = {"image_id": sample["image_id"], "file": str(path.relative_to(args.out)),
-                      "boxes": sample["boxes"].tolist(), "labels": sample["labels"].tolist(),
-                      "class_names": [dataset.class_names[k] for k in sample["labels"].tolist()]}
-            if "captions" in sample:
-                record.update(captions=sample["captions"], alignment=sample["alignment"])
-            handle.write(json.dumps(record) + "\n")
+    lines = []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        relative = Path("images") / f"{sample['image_id']}.png"
+        save_image(sample["image"], args.out / relative, source=f"scene {sample['image_id']}")
+        record = {"image_id": sample["image_id"], "file": str(relative),
+                  "boxes": sample["boxes"].tolist(), "labels": sample["labels"].tolist(),
+                  "class_names": [dataset.class_names[k] for k in sample["labels"].tolist()]}
+        if "captions" in sample:
+            record.update(captions=sample["captions"], alignment=sample["alignment"])
+        lines.append(json.dumps(record) + "\n")
+    write_atomic(args.out / "annotations.jsonl", lambda tmp: tmp.write_text("".join(lines), encoding="utf-8"))
     print(f"wrote {len(dataset)} {args.kind} scenes to {args.out}")
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from visattn.data.coco import write_coco
+    from visattn.data.imagefolder import export_imagefolder
+    from visattn.data.karpathy import export_karpathy
+
     kind = FORMATS[args.format]
     splits = {name: _dataset(kind, num, args.seed * 3 + k, args.image_size)
               for k, (name, num) in enumerate([("train", args.num_train), ("val", args.num_val),
                                                ("test", args.num_test)])}
+    target = args.out
     if args.format == "imagefolder":
-        from visattn.data.imagefolder import export_imagefolder
-
         for name, dataset in splits.items():
             export_imagefolder(dataset, args.out, dataset.class_names, split=name)
-        target = args.out
     elif args.format == "coco":
-        from visattn.data.coco import write_coco
-
         for name, dataset in splits.items():
-            write_coco((dataset[i] for i in range(len(dataset))), args.out / name, list(dataset.class_names))
-        target = args.out
+            write_coco(dataset, args.out / name, list(dataset.class_names))
     else:
-        from visattn.data.karpathy import write_karpathy
-
-        records: dict[str, list[dict]] = {}
-        images = args.out / "images"
-        images.mkdir(parents=True, exist_ok=True)
-        offset = 0
-        for name, dataset in splits.items():
-            records[name] = []
-            for i in range(len(dataset)):
-                sample = dataset[i]
-                image_id = offset + i  # unique across splits: the format keys images by id
-                path = images / f"{name}_{sample['image_id']}.png"
-                _pil(sample).save(path)
-                records[name].append({"path": str(path), "image_id": image_id, "captions": sample["captions"]})
-            offset += len(dataset)
-        target = write_karpathy(records, args.out / "dataset_visattn.json", image_root=args.out)
+        target = export_karpathy(splits, args.out)
     print(f"exported {args.format} ({kind} scenes): {target}")
     return 0

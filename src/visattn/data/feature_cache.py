@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from torch.utils.data import Dataset
 
 from visattn import distributed as dist
 from visattn.config import config_to_dict
+from visattn.data.core import DataError, load_json, write_atomic, write_json_atomic
 
 __all__ = ["FeatureCacheError", "FeatureCache", "encoder_fingerprint", "cache_key", "files_fingerprint",
            "build_feature_cache", "ensure_feature_cache"]
@@ -50,7 +50,7 @@ MANIFEST = "manifest.json"
 DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
-class FeatureCacheError(ValueError):
+class FeatureCacheError(DataError):
     """A feature cache that cannot be read or built (naming the folder or file)."""
 
 
@@ -101,22 +101,10 @@ def _read_manifest(directory: Path) -> dict[str, Any] | None:
     path = directory / MANIFEST
     if not path.is_file():
         return None
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise FeatureCacheError(f"{path}: unreadable feature-cache manifest: {err}") from err
+    manifest = load_json(path, what="feature-cache manifest", error=FeatureCacheError)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise FeatureCacheError(f"{path}: not a visattn feature-cache manifest")
+        raise FeatureCacheError(path, reason="not a visattn feature-cache manifest")
     return manifest
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -161,18 +149,20 @@ def build_feature_cache(encoder: nn.Module, images: Dataset, directory: str | os
                 batch = torch.stack([image_of(images[i]) for i in range(first, min(first + batch_size, stop))])
                 features, batch_grid = encoder(batch.to(device))  # (b, L, C)
                 if grid is not None and tuple(batch_grid) != grid:
-                    raise FeatureCacheError(f"{directory}: images of different sizes give grids {grid} and "
-                                            f"{tuple(batch_grid)}; resize them to one size first")
+                    raise FeatureCacheError(directory, reason=f"images of different sizes give grids {grid} and "
+                                                              f"{tuple(batch_grid)}; resize them to one size first")
                 grid, dim = tuple(batch_grid), int(features.shape[-1])
                 chunks.append(features.to("cpu", DTYPES[dtype]))
             name = f"features-{len(shards):05d}.safetensors"
-            save_file({"features": torch.cat(chunks).contiguous()}, directory / name, metadata={"key": key})
+            tensors = {"features": torch.cat(chunks).contiguous()}
+            write_atomic(directory / name, lambda tmp: save_file(tensors, tmp, metadata={"key": key}))
             shards.append({"file": name, "start": start, "stop": stop})
     finally:
         encoder.train(was_training)
-    _write_json_atomic(directory / MANIFEST, {
+    write_json_atomic({
         "format": FORMAT, "version": VERSION, "key": key, "fingerprint": fingerprint, "num_items": len(images),
-        "grid": list(grid) if grid else None, "dim": dim, "dtype": dtype, "shards": shards})
+        "grid": list(grid) if grid else None, "dim": dim, "dtype": dtype, "shards": shards},
+        directory / MANIFEST, indent=1)
     log.info("feature cache: encoded %d items into %s (%d shards, %s)", len(images), directory, len(shards), dtype)
     return directory
 
@@ -199,9 +189,9 @@ class FeatureCache(Dataset):
         self.directory = Path(directory)
         manifest = _read_manifest(self.directory)
         if manifest is None:
-            raise FeatureCacheError(f"{self.directory}: no feature cache here (no {MANIFEST})")
+            raise FeatureCacheError(self.directory, reason=f"no feature cache here (no {MANIFEST})")
         if key is not None and manifest.get("key") != key:
-            raise FeatureCacheError(f"{self.directory}: feature cache was built for another encoder/data "
+            raise FeatureCacheError(self.directory, reason=f"feature cache was built for another encoder/data "
                                     f"(key {str(manifest.get('key'))[:12]}..., expected {key[:12]}...)")
         self.manifest = manifest
         self.grid = tuple(manifest["grid"]) if manifest.get("grid") else (0, 0)
@@ -212,17 +202,17 @@ class FeatureCache(Dataset):
             try:
                 with safe_open(str(path), framework="pt", device="cpu") as handle:
                     if (handle.metadata() or {}).get("key") != manifest["key"]:
-                        raise FeatureCacheError(f"{path}: shard belongs to another cache build")
+                        raise FeatureCacheError(path, reason="shard belongs to another cache build")
                     parts.append(handle.get_tensor("features"))
             except (SafetensorError, OSError, RuntimeError) as err:
-                raise FeatureCacheError(f"{path}: unreadable feature-cache shard: {err}") from err
+                raise FeatureCacheError(path, reason=f"unreadable feature-cache shard: {err}") from err
             if len(parts[-1]) != shard["stop"] - shard["start"]:
-                raise FeatureCacheError(f"{path}: holds {len(parts[-1])} items, manifest says "
-                                        f"{shard['stop'] - shard['start']}")
+                raise FeatureCacheError(path, reason=f"holds {len(parts[-1])} items, manifest says "
+                                                     f"{shard['stop'] - shard['start']}")
         self.features = torch.cat(parts) if parts else torch.zeros(0, 0, 0)  # (N, L, C)
         if len(self.features) != manifest["num_items"]:
-            raise FeatureCacheError(f"{self.directory}: shards hold {len(self.features)} items, manifest says "
-                                    f"{manifest['num_items']}")
+            raise FeatureCacheError(self.directory, reason=f"shards hold {len(self.features)} items, manifest "
+                                                           f"says {manifest['num_items']}")
 
     @property
     def key(self) -> str:
@@ -286,5 +276,5 @@ def ensure_feature_cache(encoder: nn.Module, images: Dataset, directory: str | o
     dist.barrier()
     cache = FeatureCache(directory, meta=meta, key=key)
     if len(cache) != len(images):
-        raise FeatureCacheError(f"{directory}: cache holds {len(cache)} items for a data set of {len(images)}")
+        raise FeatureCacheError(directory, reason=f"cache holds {len(cache)} items for a data set of {len(images)}")
     return cache

@@ -7,10 +7,11 @@ and counted.
 
 Corrupt files. With ``validate=True`` (the default) every image is decoded once at construction, so that
 ``len(dataset)`` counts only loadable images and a training run never meets a bad file. A file that fails is
-either recorded in ``dataset.skipped`` as ``(path, reason)`` and left out (``strict=False``), or raises the
-:class:`~visattn.data.images.ImageLoadError` naming it (``strict=True``). A summary line (counts and the first
-few skipped files) is logged on ``logging.getLogger("visattn.data.imagefolder")`` and available as
-:meth:`ImageFolder.summary`.
+either recorded in ``dataset.skipped`` as ``(path, reason)`` and left out (``strict=False``, the shared
+bad-data policy of :mod:`visattn.data.core`), or raises the :class:`~visattn.data.images.ImageLoadError` naming
+it (``strict=True``). The counts and the first few skipped files are in ``dataset.report``
+(a :class:`~visattn.data.core.SkipReport`), whose one-line summary is logged on
+``logging.getLogger("visattn.data.imagefolder")``.
 
 With ``validate=False`` construction only lists files (fast for big trees) and problems surface on access: with
 ``strict=False`` a bad file is recorded in ``skipped``, logged, and the next loadable file is returned in its
@@ -19,8 +20,8 @@ processes each worker records its own skips, so the parent's ``skipped`` list st
 when you need the count.
 
 Writing. :func:`export_imagefolder` writes classification samples as lossless PNGs
-``out_dir/<split>/<class>/<image_id>.png``; reading that folder back with ``classes=class_names`` gives
-bit-identical image tensors and the same labels.
+``out_dir/<split>/<class>/<image_id>.png`` (each file atomically); reading that folder back with
+``classes=class_names`` gives bit-identical image tensors and the same labels.
 """
 
 from __future__ import annotations
@@ -32,16 +33,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from visattn.data.images import IMAGE_EXTENSIONS, ImageLoadError, image_to_tensor, load_image
+from visattn.data.core import SkipReport, iter_samples
+from visattn.data.images import IMAGE_EXTENSIONS, ImageLoadError, image_to_tensor, load_image, save_image
 
 __all__ = ["ImageFolder", "export_imagefolder"]
 
 logger = logging.getLogger(__name__)
-_SHOWN_SKIPS = 5  # skipped files named in the summary line
+UNREADABLE = "unreadable files skipped"
 
 
 class ImageFolder(Dataset):
@@ -63,6 +63,7 @@ class ImageFolder(Dataset):
         samples: list of ``(path, label)`` for the loadable (or, unvalidated, listed) images.
         skipped: list of ``(path, reason)`` for files left out.
         ignored: files under class folders whose extension is not an image extension.
+        report: counts (images, classes, ignored files) and skips, with a one-line ``summary()``.
 
     A sample is ``{"image": float32 (3, H, W) in [0, 1], "label": int, "path": str, "image_id": int}``,
     where ``image_id`` is the sample's index.
@@ -122,40 +123,35 @@ class ImageFolder(Dataset):
                 f"{self.root}: no image files ({', '.join(suffixes)}) in any of the {len(self.class_names)} "
                 "class folders"
             )
-        if validate:
-            self.samples = [(path, label) for path, label in listed if self._check(path)]
-            if not self.samples:
-                raise ValueError(f"{self.root}: none of the {len(listed)} image files could be read; {self.summary()}")
-        else:
-            self.samples = listed
+        self.report = SkipReport(f"ImageFolder {self.root}", strict=strict)
+        self.samples = [(path, label) for path, label in listed if self._check(path)] if validate else listed
+        counts = np.bincount([label for _, label in self.samples], minlength=len(self.class_names))
+        self.report.keep("images", len(self.samples))
+        self.report.keep("classes", len(self.class_names))
+        if self.ignored:
+            self.report.keep("non-image files ignored", len(self.ignored))
+        empty = [name for name, count in zip(self.class_names, counts) if count == 0]
+        if empty:
+            self.report.notes.append(f"classes without images: {', '.join(empty)}")
+        if not self.samples:
+            raise ValueError(f"{self.root}: none of the {len(listed)} image files could be read; "
+                             f"{self.report.summary()}")
         log = logger.warning if self.skipped or self.ignored else logger.info
-        log("%s", self.summary())
+        log("%s", self.report.summary())
+
+    def _reject(self, error: ImageLoadError) -> None:
+        """An unreadable file: raise it when strict, else record and count it."""
+        self.report.reject(UNREADABLE, f"{error.path} ({error.reason})", error=error)
+        self.skipped.append((error.path, error.reason))
 
     def _check(self, path: str) -> bool:
         """Decode ``path``; False (and recorded) when unreadable, unless strict."""
         try:
             load_image(path, max_pixels=self.max_pixels)
         except ImageLoadError as error:
-            if self.strict:
-                raise
-            self.skipped.append((path, error.reason))
+            self._reject(error)
             return False
         return True
-
-    def summary(self) -> str:
-        """One line: images, classes, skipped files (the first few named) and ignored files."""
-        counts = np.bincount([label for _, label in self.samples], minlength=len(self.class_names))
-        line = f"ImageFolder {self.root}: {len(self.samples)} images in {len(self.class_names)} classes"
-        empty = [name for name, count in zip(self.class_names, counts) if count == 0]
-        if empty:
-            line += f"; classes without images: {', '.join(empty)}"
-        if self.skipped:
-            shown = "; ".join(f"{path} ({reason})" for path, reason in self.skipped[:_SHOWN_SKIPS])
-            more = f" and {len(self.skipped) - _SHOWN_SKIPS} more" if len(self.skipped) > _SHOWN_SKIPS else ""
-            line += f"; {len(self.skipped)} unreadable files skipped: {shown}{more}"
-        if self.ignored:
-            line += f"; {len(self.ignored)} non-image files ignored"
-        return line
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -175,29 +171,9 @@ class ImageFolder(Dataset):
             try:
                 return self._load(current)
             except ImageLoadError as error:
-                if self.strict:
-                    raise
-                self.skipped.append((error.path, error.reason))
+                self._reject(error)
                 logger.warning("skipping unreadable image %s (%s); using the next file", error.path, error.reason)
-        raise ValueError(f"{self.root}: none of the {len(self)} image files could be read; {self.summary()}")
-
-
-def _to_uint8(image: Any, where: str) -> np.ndarray:
-    """A sample's image (float tensor in [0, 1], uint8 tensor, or PIL image) as uint8 (H, W, 3)."""
-    if isinstance(image, Image.Image):
-        return np.array(image.convert("RGB"))
-    if not isinstance(image, torch.Tensor) or image.dim() != 3 or image.shape[0] != 3:
-        raise ValueError(f"{where}: image must be a PIL image or a (3, H, W) tensor, got {type(image).__name__}"
-                         f"{tuple(image.shape) if isinstance(image, torch.Tensor) else ''}")
-    if image.dtype == torch.uint8:
-        pixels = image
-    else:
-        low, high = float(image.min()), float(image.max())
-        if low < 0.0 or high > 1.0:
-            raise ValueError(f"{where}: float image values must be in [0, 1] (got {low:.3f}..{high:.3f}); "
-                             "export before normalising")
-        pixels = (image.detach().float() * 255.0).round().to(torch.uint8)
-    return pixels.permute(1, 2, 0).cpu().numpy()  # (3, H, W) -> (H, W, 3)
+        raise ValueError(f"{self.root}: none of the {len(self)} image files could be read; {self.report.summary()}")
 
 
 def export_imagefolder(
@@ -226,11 +202,8 @@ def export_imagefolder(
         if not name or "/" in name or "\\" in name or name.startswith("."):
             raise ValueError(f"export_imagefolder: class name {name!r} cannot be a folder name")
         (split_dir / name).mkdir(parents=True, exist_ok=True)
-    items: Iterable[dict[str, Any]] = samples
-    if isinstance(samples, Dataset) and hasattr(samples, "__len__"):
-        items = (samples[i] for i in range(len(samples)))  # map-style data sets have no __iter__
     seen: set[str] = set()
-    for position, sample in enumerate(items):
+    for position, sample in enumerate(iter_samples(samples)):
         image_id = sample.get("image_id", position)
         where = f"export_imagefolder sample {position} (image_id {image_id})"
         if "label" not in sample:
@@ -244,6 +217,5 @@ def export_imagefolder(
         if stem in seen:
             raise ValueError(f"{where}: duplicate image_id; file names must be unique")
         seen.add(stem)
-        pixels = _to_uint8(sample["image"], where)
-        Image.fromarray(pixels, "RGB").save(split_dir / class_names[label] / f"{stem}.png")
+        save_image(sample["image"], split_dir / class_names[label] / f"{stem}.png", source=where)
     return split_dir

@@ -35,7 +35,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageLoadError", "image_to_tensor", "load_image", "to_rgb"]
+from visattn.data.core import DataError, write_atomic
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageLoadError", "image_to_tensor", "load_image", "save_image", "tensor_to_image",
+           "to_rgb"]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (
     ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm",
@@ -48,7 +51,7 @@ _ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(DataError):
     """An image file could not be read. ``str(error)`` is ``"<path>: <what is wrong>"``.
 
     Attributes:
@@ -56,10 +59,8 @@ class ImageLoadError(ValueError):
         reason: what is wrong, without the path.
     """
 
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        super().__init__(f"{os.fspath(path)}: {reason}")
-        self.path = os.fspath(path)
-        self.reason = reason
+    def __init__(self, path: str | os.PathLike[str], reason: str | None = None) -> None:
+        super().__init__(path, reason=reason)
 
 
 def _composite(img: Image.Image, background: Sequence[int]) -> Image.Image:
@@ -196,3 +197,64 @@ def image_to_tensor(img: Image.Image, size: int | tuple[int, int] | None = None)
             img = img.resize((width, height), resample=Image.Resampling.BILINEAR)
     array = np.array(img, dtype=np.uint8)  # (H, W, 3), a writable copy
     return torch.from_numpy(array).permute(2, 0, 1).contiguous().float().div_(255.0)  # (3, H, W)
+
+
+def tensor_to_image(image: torch.Tensor | np.ndarray | Image.Image, *, clip: bool = False,
+                    source: str = "image") -> Image.Image:
+    """The inverse of :func:`image_to_tensor`: an image tensor (or array) as an RGB PIL image.
+
+    Args:
+        image: float tensor (3, H, W) in [0, 1], uint8 tensor (3, H, W), numpy array (H, W, 3) (uint8, or
+            float in [0, 1]), or a PIL image (converted to RGB).
+        clip: clip float values outside [0, 1] (figures); by default they are an error, so that an exporter
+            never writes a normalised image as if it were pixels.
+        source: names the image in error messages (e.g. the sample being exported).
+
+    Returns:
+        A mode ``"RGB"`` image; float values are rounded to the nearest of 256 levels, so
+        ``image_to_tensor(tensor_to_image(x))`` gives ``x`` back for any ``x`` that came from 8-bit pixels.
+
+    Raises:
+        ValueError: another shape or type, or float values outside [0, 1] without ``clip``.
+    """
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"{source}: image tensor must be (3, H, W), got {tuple(image.shape)}")
+        array = image.detach().cpu().permute(1, 2, 0).numpy()  # (3, H, W) -> (H, W, 3)
+    elif isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"{source}: image array must be (H, W, 3), got {image.shape}")
+        array = image
+    else:
+        raise ValueError(f"{source}: image must be a PIL image, a (3, H, W) tensor or an (H, W, 3) array, "
+                         f"got {type(image).__name__}")
+    if array.dtype != np.uint8:
+        array = array.astype(np.float32)
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if not clip and (low < 0.0 or high > 1.0):
+            raise ValueError(f"{source}: float image values must be in [0, 1] (got {low:.3f}..{high:.3f}); "
+                             "export before normalising")
+        array = (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+
+
+def save_image(image: torch.Tensor | np.ndarray | Image.Image, path: str | os.PathLike[str], *,
+               source: str = "image") -> Path:
+    """Write an image file atomically (:func:`~visattn.data.core.write_atomic`), format from the suffix.
+
+    Args:
+        image: anything :func:`tensor_to_image` takes (float values must lie in [0, 1]).
+        path: the file to write, e.g. ``images/00000007.png``; parent folders are created.
+        source: names the image in error messages.
+
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    file_format = Image.registered_extensions().get(path.suffix.lower())
+    if file_format is None:
+        raise ValueError(f"{path}: unknown image file suffix {path.suffix!r}; valid: {', '.join(IMAGE_EXTENSIONS)}")
+    picture = tensor_to_image(image, source=source)
+    return write_atomic(path, lambda tmp: picture.save(tmp, format=file_format))

@@ -10,36 +10,37 @@ The format Karpathy's NeuralTalk made standard for caption training::
                 ...]}
 
 :func:`read_karpathy` returns the records of each split (``restval`` joins ``train``, as in every paper that
-uses the Karpathy split) and a :class:`ReadReport`. The image id is ``cocoid`` when present (so results can be
-scored against the COCO annotation files), else ``imgid``. :func:`write_karpathy` writes the same format, so
-procedural scenes can be exported and read back by the same code as the real data.
+uses the Karpathy split) and a :class:`~visattn.data.core.SkipReport`. The image id is ``cocoid`` when present
+(so results can be scored against the COCO annotation files), else ``imgid``. :func:`write_karpathy` writes the
+same format and :func:`export_karpathy` writes samples (images and captions) in it, so procedural scenes can be
+exported and read back by the same code as the real data.
 
-This module also holds what the caption readers share: :class:`CaptionDataError`, :class:`CaptionRecord`,
-:class:`ReadReport` and :func:`load_json`.
+This module also holds what the caption readers share: :class:`CaptionDataError`, :class:`CaptionRecord` and
+the record checks; the error family, the skip report and the JSON helpers are :mod:`visattn.data.core`'s.
+Bad data follows the shared policy: a missing image file is skipped and counted (``strict=True`` raises);
+blank sentences and images left without a sentence are always dropped and counted.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import tempfile
-from collections import Counter
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from visattn.data.core import DataError, SkipReport, get_field, iter_samples, load_json, write_json_atomic
+from visattn.data.images import save_image
 from visattn.data.text import tokenize
 
 __all__ = [
     "CaptionDataError",
     "CaptionRecord",
-    "ReadReport",
     "KARPATHY_SPLITS",
-    "load_json",
     "read_karpathy",
     "write_karpathy",
+    "export_karpathy",
 ]
 
 logger = logging.getLogger(__name__)
@@ -47,15 +48,13 @@ logger = logging.getLogger(__name__)
 #: Split names in the file -> split they are returned under (``restval`` is training data).
 KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
 
-# Reasons a reader drops something without failing (each loses nothing the caller asked for).
+# Reasons a reader drops something (each loses nothing the caller asked for, or only a missing image).
 EMPTY_SENTENCE = "empty sentence dropped"
 NO_CAPTIONS = "image without captions skipped"
 MISSING_IMAGE = "missing image file skipped"
 
-_MAX_EXAMPLES = 5
 
-
-class CaptionDataError(ValueError):
+class CaptionDataError(DataError):
     """A caption file is malformed; the message names the file, the record and the field."""
 
 
@@ -103,114 +102,74 @@ class CaptionRecord:
         return cls(path=str(path), image_id=image_id, captions=list(captions), tokens=[list(t) for t in tokens])
 
 
-@dataclass
-class ReadReport:
-    """What a reader kept and what it dropped, with reasons.
-
-    Attributes:
-        source: the file read.
-        num_images: images returned.
-        num_captions: captions returned.
-        skipped: reason -> how many things were dropped for it.
-        examples: reason -> the first few records dropped for it (``images[12] (id 5) ...``).
-    """
-
-    source: str
-    num_images: int = 0
-    num_captions: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    examples: dict[str, list[str]] = field(default_factory=dict)
-
-    def skip(self, reason: str, where: str) -> None:
-        """Count one dropped item and remember where it was (the first few per reason)."""
-        self.skipped[reason] += 1
-        shown = self.examples.setdefault(reason, [])
-        if len(shown) < _MAX_EXAMPLES:
-            shown.append(where)
-
-    @property
-    def num_skipped(self) -> int:
-        return sum(self.skipped.values())
-
-    def summary(self) -> str:
-        """One line: what was kept, then each skip reason with its count and first examples."""
-        line = f"{self.source}: {self.num_images} images, {self.num_captions} captions"
-        for reason, count in sorted(self.skipped.items()):
-            line += f"; {count} {reason} (e.g. {', '.join(self.examples.get(reason, []))})"
-        return line
-
-    def log(self) -> None:
-        """Log the summary: a warning when anything was dropped, info otherwise."""
-        (logger.warning if self.skipped else logger.info)(self.summary())
+def caption_report(source: str | os.PathLike[str], *, strict: bool) -> SkipReport:
+    """The skip report of a caption reader: counts images and captions; ``strict`` rejects missing images."""
+    return SkipReport(os.fspath(source), {"images": 0, "captions": 0}, strict=strict, error=CaptionDataError)
 
 
-def load_json(path: str | os.PathLike[str]) -> Any:
-    """Parse a JSON file, turning encoding and syntax errors into :class:`CaptionDataError`.
+def caption_field(entry: Any, key: str, kind: type | tuple[type, ...], source: Any, where: str) -> Any:
+    """``entry[key]`` checked for presence and type, else a :class:`CaptionDataError` naming the record."""
+    return get_field(entry, key, kind, path=source, record=where, error=CaptionDataError)
+
+
+def numbered(entries: list[Any], name: str, key: str | tuple[str, ...], source: Any, *, noun: str,
+             required: bool = True) -> Iterator[tuple[int, str, Mapping[str, Any], int | None]]:
+    """The entries of list ``name``, each an object with a unique integer id.
+
+    Args:
+        entries: the list (e.g. ``data["images"]``).
+        name: its field name, for messages (``images[3] (id 7)``).
+        key: the id field; a tuple means the first one present (the last when none is).
+        source: the file, for messages.
+        noun: what the id identifies ("image", "annotation").
+        required: without it, an entry without the id field gets the id None (and is not checked).
+
+    Yields:
+        ``(index, where, entry, id)``, ``where`` naming the record for messages.
 
     Raises:
-        FileNotFoundError: no such file.
-        CaptionDataError: bytes that are not UTF-8 (with byte offset, line and column), or invalid JSON (with
-            line and column).
+        CaptionDataError: an entry that is not an object, a missing or mistyped id, or a duplicate id.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"caption file not found: {path}")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
-        raise CaptionDataError(
-            f"{path}: not valid UTF-8 at byte {err.start} (line {line}, column {column}): {err.reason}"
-        ) from None
-    text = text.removeprefix("\ufeff")  # a byte-order mark carries no data
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        where = f"line {err.lineno}, column {err.colno}"
-        raise CaptionDataError(f"{path}: invalid JSON at {where}: {err.msg}") from None
+    first_index: dict[int, int] = {}
+    for i, entry in enumerate(entries):
+        where = f"{name}[{i}]"
+        if not isinstance(entry, dict):
+            raise CaptionDataError(source, where, reason=f"must be an object, got {type(entry).__name__}")
+        keys = (key,) if isinstance(key, str) else key
+        field = next((k for k in keys if k in entry), keys[-1])
+        if not required and field not in entry:
+            yield i, where, entry, None
+            continue
+        entry_id = caption_field(entry, field, int, source, where)
+        where = f"{name}[{i}] (id {entry_id})"
+        if entry_id in first_index:
+            raise CaptionDataError(source, where, reason=f"duplicate {noun} id {entry_id}, first used by "
+                                                          f"{name}[{first_index[entry_id]}]")
+        first_index[entry_id] = i
+        yield i, where, entry, entry_id
 
 
-def fail(source: str | os.PathLike[str], where: str, problem: str) -> CaptionDataError:
-    """The error for a bad record: ``"<file>: <where>: <problem>"``."""
-    return CaptionDataError(f"{source}: {where}: {problem}")
-
-
-def get_field(entry: Mapping[str, Any], key: str, kind: type | tuple[type, ...], source: Any, where: str) -> Any:
-    """``entry[key]`` checked to be of ``kind`` (bools never count as ints), else :class:`CaptionDataError`."""
-    if key not in entry:
-        raise fail(source, where, f"missing field {key!r} (fields present: {sorted(entry)})")
-    value = entry[key]
-    if isinstance(value, bool) or not isinstance(value, kind):
-        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise fail(source, where, f"field {key!r} must be {names}, got {type(value).__name__} {value!r:.60}")
-    return value
-
-
-def check_image(path: Path, *, skip_missing: bool, report: ReadReport, source: Any, where: str) -> bool:
-    """True when the image file exists; otherwise count a skip or raise, as ``skip_missing`` says."""
+def check_image(path: Path, *, report: SkipReport, where: str) -> bool:
+    """True when the image file exists; otherwise reject it (skip and count, or raise when strict)."""
     if path.is_file():
         return True
-    if skip_missing:
-        report.skip(MISSING_IMAGE, f"{where}: {path}")
-        return False
-    raise fail(source, where, f"image file not found: {path} (pass skip_missing=True to skip such images)")
+    report.reject(MISSING_IMAGE, where, f"image file not found: {path}")
+    return False
 
 
-def _read_sentences(entry: Mapping[str, Any], *, retokenize: bool, report: ReadReport, source: Any, where: str):
+def _read_sentences(entry: Mapping[str, Any], *, retokenize: bool, report: SkipReport, source: Any, where: str):
     """Validated (raw captions, token lists) of one image; blank sentences are dropped and counted."""
-    sentences = get_field(entry, "sentences", list, source, where)
+    sentences = caption_field(entry, "sentences", list, source, where)
     captions: list[str] = []
     token_lists: list[list[str]] = []
     for j, sentence in enumerate(sentences):
         at = f"{where}: sentences[{j}]"
         if not isinstance(sentence, dict):
-            raise fail(source, at, f"must be an object with 'raw', got {type(sentence).__name__}")
-        raw = get_field(sentence, "raw", str, source, at)
+            raise CaptionDataError(source, at, reason=f"must be an object with 'raw', got {type(sentence).__name__}")
+        raw = caption_field(sentence, "raw", str, source, at)
         tokens = sentence.get("tokens")
         if tokens is not None and (not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens)):
-            raise fail(source, at, f"field 'tokens' must be a list of str, got {tokens!r:.60}")
+            raise CaptionDataError(source, at, "tokens", f"must be a list of str, got {tokens!r:.60}")
         if retokenize or tokens is None:
             tokens = tokenize(raw)
         if not raw.strip() or not tokens:
@@ -225,89 +184,79 @@ def read_karpathy(
     json_path: str | os.PathLike[str],
     image_root: str | os.PathLike[str],
     *,
-    skip_missing: bool = False,
+    strict: bool = False,
     retokenize: bool = False,
-) -> tuple[dict[str, list[CaptionRecord]], ReadReport]:
+) -> tuple[dict[str, list[CaptionRecord]], SkipReport]:
     """Read a Karpathy split file.
 
     Args:
         json_path: ``dataset_coco.json``, ``dataset_flickr8k.json``, ``dataset_flickr30k.json`` or a file
             written by :func:`write_karpathy`.
         image_root: folder the ``filepath``/``filename`` entries are relative to.
-        skip_missing: skip (and count) images whose file does not exist instead of failing.
+        strict: raise on the first missing image file instead of skipping and counting it.
         retokenize: tokenize ``raw`` with :func:`~visattn.data.text.tokenize` instead of using the file's
             ``tokens`` (which are otherwise optional: computed when absent).
 
     Returns:
         ``(splits, report)``: ``splits`` maps ``"train"`` (including ``restval``), ``"val"`` and ``"test"`` to
         records in file order; ``report`` counts what was dropped: blank sentences, images left without a
-        sentence, and (with ``skip_missing``) missing image files. The report is also logged.
+        sentence, and missing image files. The report is also logged.
 
     Raises:
-        CaptionDataError: broken JSON or UTF-8, a missing or mistyped field, an unknown split, a duplicate
-            image id, or a missing image file (without ``skip_missing``); the message names the file, the
+        CaptionDataError: a missing file, broken JSON or UTF-8, a missing or mistyped field, an unknown split,
+            a duplicate image id, or (``strict``) a missing image file; the message names the file, the
             record (``images[i] (id N)``) and the field.
     """
     source, root = Path(json_path), Path(image_root)
-    data = load_json(source)
+    data = load_json(source, what="caption file", error=CaptionDataError)
     if not isinstance(data, dict):
-        raise fail(source, "top level", f"must be an object with an 'images' list, got {type(data).__name__}")
-    images = get_field(data, "images", list, source, "top level")
-    report = ReadReport(source=str(source))
+        raise CaptionDataError(source, "top level",
+                               reason=f"must be an object with an 'images' list, got {type(data).__name__}")
+    images = caption_field(data, "images", list, source, "top level")
+    report = caption_report(source, strict=strict)
     splits: dict[str, list[CaptionRecord]] = {"train": [], "val": [], "test": []}
-    first_index: dict[int, int] = {}
-    for i, entry in enumerate(images):
-        where = f"images[{i}]"
-        if not isinstance(entry, dict):
-            raise fail(source, where, f"must be an object, got {type(entry).__name__}")
-        image_id = get_field(entry, "cocoid" if "cocoid" in entry else "imgid", int, source, where)
-        where = f"images[{i}] (id {image_id})"
-        if image_id in first_index:
-            first = first_index[image_id]
-            raise fail(source, where, f"duplicate image id {image_id}, first used by images[{first}]")
-        first_index[image_id] = i
-        filename = get_field(entry, "filename", str, source, where)
-        filepath = get_field(entry, "filepath", str, source, where) if "filepath" in entry else ""
-        split = get_field(entry, "split", str, source, where)
+    for _, where, entry, image_id in numbered(images, "images", ("cocoid", "imgid"), source, noun="image"):
+        filename = caption_field(entry, "filename", str, source, where)
+        filepath = caption_field(entry, "filepath", str, source, where) if "filepath" in entry else ""
+        split = caption_field(entry, "split", str, source, where)
         if split not in KARPATHY_SPLITS:
-            raise fail(source, where, f"field 'split' is {split!r}; valid: {sorted(KARPATHY_SPLITS)}")
+            raise CaptionDataError(source, where, "split", f"is {split!r}; valid: {sorted(KARPATHY_SPLITS)}")
         if not filename.strip():
-            raise fail(source, where, "field 'filename' is empty")
+            raise CaptionDataError(source, where, "filename", "is empty")
         captions, tokens = _read_sentences(entry, retokenize=retokenize, report=report, source=source, where=where)
         if not captions:
             report.skip(NO_CAPTIONS, where)
             continue
         path = root / filepath / filename
-        if not check_image(path, skip_missing=skip_missing, report=report, source=source, where=where):
+        if not check_image(path, report=report, where=where):
             continue
         splits[KARPATHY_SPLITS[split]].append(CaptionRecord(str(path), image_id, captions, tokens))
-        report.num_images += 1
-        report.num_captions += len(captions)
-    report.log()
+        report.keep("images")
+        report.keep("captions", len(captions))
+    report.log(logger)
     return splits, report
 
 
-def relative_image_path(path: str, image_root: Path, where: str) -> Path:
-    """``path`` relative to ``image_root``; ValueError when it lies outside."""
-    try:
-        return Path(path).resolve().relative_to(image_root.resolve())
-    except ValueError:
-        raise ValueError(f"{where}: image {path} is not under image_root {image_root}") from None
+def records_to_write(records: Iterable[CaptionRecord | Mapping[str, Any]], image_root: Path, seen: set[int],
+                     name: str) -> Iterator[tuple[CaptionRecord, Path]]:
+    """What the caption writers write: each record (or sample dict) with its image path relative to
+    ``image_root``; ids go into ``seen``.
 
-
-def write_json_atomic(data: Any, path: str | os.PathLike[str]) -> Path:
-    """Write JSON (UTF-8) through a temporary file and a rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    Raises:
+        ValueError: a malformed record, a duplicate image id (one in ``seen``), or an image outside
+            ``image_root``; the message names the record as ``"<name> <k> (id <image_id>)"``.
+    """
+    for k, sample in enumerate(records):
+        record = CaptionRecord.from_sample(sample)
+        where = f"{name} {k} (id {record.image_id})"
+        if record.image_id in seen:
+            raise ValueError(f"{where}: duplicate image id")
+        seen.add(record.image_id)
+        try:
+            relative = Path(record.path).resolve().relative_to(image_root.resolve())
+        except ValueError:
+            raise ValueError(f"{where}: image {record.path} is not under image_root {image_root}") from None
+        yield record, relative
 
 
 def write_karpathy(
@@ -332,20 +281,13 @@ def write_karpathy(
     Raises:
         ValueError: an unknown split, a malformed record, an image outside ``image_root``, or a duplicate id.
     """
-    root = Path(image_root)
     images: list[dict[str, Any]] = []
     seen: set[int] = set()
     sent_id = 0
     for split, records in splits.items():
         if split not in KARPATHY_SPLITS:
             raise ValueError(f"unknown split {split!r}; valid: {sorted(KARPATHY_SPLITS)}")
-        for k, sample in enumerate(records):
-            record = CaptionRecord.from_sample(sample)
-            where = f"split {split!r} record {k} (id {record.image_id})"
-            if record.image_id in seen:
-                raise ValueError(f"{where}: duplicate image id")
-            seen.add(record.image_id)
-            relative = relative_image_path(record.path, root, where)
+        for record, relative in records_to_write(records, Path(image_root), seen, f"split {split!r} record"):
             sent_ids = list(range(sent_id, sent_id + len(record.captions)))
             sent_id += len(record.captions)
             entry: dict[str, Any] = {"filename": relative.name, "imgid": record.image_id, "split": split}
@@ -358,3 +300,32 @@ def write_karpathy(
             ]
             images.append(entry)
     return write_json_atomic({"dataset": dataset, "images": images}, path)
+
+
+def export_karpathy(splits: Mapping[str, Iterable[Mapping[str, Any]]], out_dir: str | os.PathLike[str], *,
+                    file_name: str = "dataset_visattn.json", dataset: str = "visattn") -> Path:
+    """Write caption samples as images plus a Karpathy split file, readable by :func:`read_karpathy`.
+
+    Args:
+        splits: split name -> a data set or iterable of sample dicts with ``image`` (anything
+            :func:`~visattn.data.images.tensor_to_image` takes), ``image_id`` and ``captions``.
+        out_dir: output folder: images go to ``out_dir/images/<split>_<image_id>.png``, the JSON to
+            ``out_dir/<file_name>`` (every file written atomically).
+        file_name: the JSON's name.
+        dataset: value of the top-level ``dataset`` field.
+
+    Returns:
+        The JSON's path. Ids in the file run on across splits (the format keys images by id), so the
+        ``k``-th image overall gets id ``k``.
+    """
+    out = Path(out_dir)
+    records: dict[str, list[dict[str, Any]]] = {}
+    offset = 0
+    for split, samples in splits.items():
+        records[split] = []
+        for i, sample in enumerate(iter_samples(samples)):
+            path = out / "images" / f"{split}_{sample['image_id']}.png"
+            save_image(sample["image"], path, source=f"export_karpathy {split} sample {i}")
+            records[split].append({"path": str(path), "image_id": offset + i, "captions": sample["captions"]})
+        offset += len(records[split])
+    return write_karpathy(records, out / file_name, image_root=out, dataset=dataset)

@@ -19,13 +19,18 @@ from torch import Tensor
 __all__ = ["upsample_maps", "box_masks", "pointing_game", "energy_in_box", "box_area_fraction", "LocalisationMeter"]
 
 
-def upsample_maps(maps: Tensor, size: tuple[int, int]) -> Tensor:
-    """Grid maps (B, h, w) -> image maps (B, H, W), bilinear, non-negative, each summing to one."""
+def upsample_maps(maps: Tensor, size: tuple[int, int], *, normalize: bool = True) -> Tensor:
+    """Grid maps (B, h, w) -> image maps (B, H, W): bilinear, non-negative, each summing to one.
+
+    The one grid-to-image up-sampling: the metrics here and in attention correctness score it, and the figures
+    in :mod:`visattn.viz` draw it. ``normalize=False`` keeps the interpolated values (figures rescale to
+    their peak); a map summing to zero stays zero either way.
+    """
     if maps.dim() != 3:
         raise ValueError(f"maps must be (B, h, w), got {tuple(maps.shape)}")
-    up = F.interpolate(maps.unsqueeze(1).float(), size=size, mode="bilinear", align_corners=False).squeeze(1)
-    up = up.clamp_min(0)
-    return up / up.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12)
+    up = F.interpolate(maps.unsqueeze(1).float(), size=tuple(size), mode="bilinear", align_corners=False)
+    up = up.squeeze(1).clamp_min(0)  # (B, 1, H, W) -> (B, H, W); no negative weight from negative input
+    return up / up.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-12) if normalize else up
 
 
 def box_masks(boxes: Tensor, size: tuple[int, int]) -> Tensor:
