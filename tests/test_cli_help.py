@@ -25,3 +25,13 @@ def test_every_help_shows_each_default_once():
         assert not re.search(r"\(default: [^()]*\)\s*\(default:", text), f"visattn {name} --help repeats a default"
         assert "(default: None)" not in text and "(default: False)" not in text, name
     assert "(default: 3)" in " ".join(commands["predict"].format_help().split())  # --top-k
+
+
+def test_shared_train_options_reach_the_train_config(tmp_path):
+    from visattn.cli.common import train_config_from_args
+
+    args = build_parser().parse_args(["train", "classify", "--run-dir", str(tmp_path), "--tensorboard", "--strict",
+                                      "--epochs", "2", "--dtype", "bf16"])
+    config = train_config_from_args(args)
+    assert config.tensorboard is True and config.epochs == 2 and config.dtype == "bf16" and args.strict is True
+    assert train_config_from_args(build_parser().parse_args(["train", "detect", "--run-dir", "x"])).tensorboard is False

@@ -14,7 +14,9 @@ from typing import Callable, Sequence
 
 from visattn.checkpoint import CheckpointError
 from visattn.distributed import cleanup
-from visattn.cli.common import CliError, HelpFormatter, UsageError, add_device_option, set_threads, setup_logging
+from visattn.cli.common import (
+    CliError, HelpFormatter, UsageError, add_device_option, add_strict_option, set_threads, setup_logging,
+)
 
 __all__ = ["main", "build_parser"]
 
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="seed of the procedural test set; differs from training seeds (default: 12345)")
     evaluate.add_argument("--batch-size", type=int, default=64, help="(default: 64)")
     evaluate.add_argument("--json-out", default=None, help="also write the metrics to this JSON file")
+    add_strict_option(evaluate)
     add_device_option(evaluate)
     eval_handlers: dict[str, Callable[[argparse.Namespace], int]] = {}
     evaluate.set_defaults(handler=lambda args: _dispatch_eval(args, eval_handlers))

@@ -96,13 +96,13 @@ def _data(args: argparse.Namespace, *, train: bool, model_size: int | None = Non
             raise UsageError("--karpathy-json needs --image-root")
         return karpathy_data(args.karpathy_json, args.image_root, image_size=size,
                              min_count=getattr(args, "min_count", None) or 5,
-                             skip_missing=not getattr(args, "strict", False),
+                             strict=getattr(args, "strict", False),
                              max_images=getattr(args, "max_images", None))
     if getattr(args, "coco_train", None) is not None:
         if args.coco_val is None:
             raise UsageError("--coco-train needs --coco-val")
         return coco_data(*args.coco_train, *args.coco_val, image_size=size, min_count=args.min_count or 5,
-                         skip_missing=not args.strict, max_images=args.max_images)
+                         strict=args.strict, max_images=args.max_images)
     if train:
         return scene_data(num_train=args.num_train, num_val=args.num_val, image_size=size,
                           num_objects=(1, args.max_objects), seed=args.seed, min_count=args.min_count or 1)

@@ -94,7 +94,7 @@ def _eval_data(args: argparse.Namespace, image_size: int):
     from visattn.tasks.classify import imagefolder_data, scene_data
 
     if getattr(args, "data_dir", None) is not None:
-        return imagefolder_data(args.data_dir, image_size=image_size).val
+        return imagefolder_data(args.data_dir, image_size=image_size, strict=getattr(args, "strict", False)).val
     data = scene_data(num_train=0, num_val=args.num_samples if hasattr(args, "num_samples") else args.num_images,
                       image_size=image_size, seed=args.data_seed)
     return data.val

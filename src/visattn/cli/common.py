@@ -107,6 +107,8 @@ def add_train_options(parser: argparse.ArgumentParser, defaults: TrainConfig | N
                        help=f"DataLoader worker processes (default: {d.num_workers})")
     group.add_argument("--compile", action="store_true", help="torch.compile the model (off by default)")
     group.add_argument("--no-progress", action="store_true", help="no progress bars")
+    group.add_argument("--tensorboard", action="store_true",
+                       help="also log scalars and attention figures to RUN_DIR/tensorboard (needs visattn[tensorboard])")
     add_device_option(parser)
 
 

@@ -88,7 +88,7 @@ def run_eval(args: argparse.Namespace) -> int:
     predictor = load_predictor(args, "detect")
     coco = args.coco_file or (None, None)
     dataset, category_ids = eval_data(predictor.model.config, coco_file=coco[0], image_dir=coco[1],
-                                      num_samples=args.num_samples, seed=args.data_seed)
+                                      num_samples=args.num_samples, seed=args.data_seed, strict=args.strict)
     task = DetectTask(category_ids=category_ids)
     loader = DataLoader(dataset, batch_size=args.batch_size, collate_fn=task.collate)
     return report_metrics(task.evaluate(predictor.model, loader, predictor.device), args.json_out)

@@ -227,14 +227,8 @@ def scene_data(*, num_train: int = 10000, num_val: int = 500, num_test: int = 0,
                        f"seed={seed}")
 
 
-def _strict(strict: bool, skip_missing: bool | None) -> bool:
-    """The bad-data policy; ``skip_missing`` is the old name (``skip_missing=False`` means ``strict=True``),
-    accepted until every caller passes ``strict``."""
-    return strict if skip_missing is None else not skip_missing
-
-
 def karpathy_data(json_path: str | Path, image_root: str | Path, *, image_size: int = 224, min_count: int = 5,
-                  strict: bool = False, skip_missing: bool | None = None,
+                  strict: bool = False,
                   max_images: int | None = None) -> CaptionData:
     """A Karpathy split file: ``train`` (with ``restval``) for training and the vocabulary, ``val``, ``test``.
 
@@ -243,7 +237,7 @@ def karpathy_data(json_path: str | Path, image_root: str | Path, *, image_size: 
     """
     from visattn.data.karpathy import read_karpathy
 
-    splits, report = read_karpathy(json_path, image_root, strict=_strict(strict, skip_missing))
+    splits, report = read_karpathy(json_path, image_root, strict=strict)
     for split in ("train", "val"):
         if not splits[split]:
             raise ValueError(f"{json_path}: no {split!r} images ({report.summary()})")
@@ -255,7 +249,7 @@ def karpathy_data(json_path: str | Path, image_root: str | Path, *, image_size: 
 
 
 def coco_data(train_json: str | Path, train_root: str | Path, val_json: str | Path, val_root: str | Path, *,
-              image_size: int = 224, min_count: int = 5, strict: bool = False, skip_missing: bool | None = None,
+              image_size: int = 224, min_count: int = 5, strict: bool = False,
               max_images: int | None = None) -> CaptionData:
     """COCO caption annotation files: one for training (and the vocabulary), one for validation.
 
@@ -265,7 +259,7 @@ def coco_data(train_json: str | Path, train_root: str | Path, val_json: str | Pa
 
     sources, summaries = {}, []
     for split, path, root in (("train", train_json, train_root), ("val", val_json, val_root)):
-        records, report = read_coco_captions(path, root, strict=_strict(strict, skip_missing))
+        records, report = read_coco_captions(path, root, strict=strict)
         if not records:
             raise ValueError(f"{path}: no images with captions ({report.summary()})")
         sources[split] = RecordSource(records[:max_images], image_size=image_size, name=f"{path}")

@@ -81,7 +81,7 @@ def imagefolder_data(root: str | Path, *, image_size: int = 64, strict: bool = F
     val = ImageFolder(root / "val", size=image_size, strict=strict, classes=train.class_names)
     skipped = len(train.skipped) + len(val.skipped)
     if skipped:
-        log.warning("%s: skipped %d unreadable image(s) (train %d, val %d); use --strict to stop instead",
+        log.warning("%s: skipped %d unreadable image(s) (train %d, val %d); strict=True (--strict) stops instead",
                     root, skipped, len(train.skipped), len(val.skipped))
     return ClassifyData(train, val, list(train.class_names), (image_size, image_size), f"ImageFolder {root} ({len(train)} train, {len(val)} val, {skipped} skipped)")
 
