@@ -13,7 +13,10 @@ All three use the same search rules, so the captions must be identical; the repo
 where they are. Random weights give flat word distributions where near-ties would make the comparison a
 coin toss, so the output layer is scaled by ``--sharpness`` (as a trained model's is peaked).
 
-Run: ``visattn bench beam [--num-images 100 --beam-size 5] [--json]``.
+All three run on ``--device`` (default: the CPU, where the figures of the README's CPU table come from;
+``cuda`` decodes every one of them on the GPU, the textbook loop included).
+
+Run: ``visattn bench beam [--num-images 100 --beam-size 5] [--device cuda] [--json]``.
 """
 
 from __future__ import annotations
@@ -75,12 +78,14 @@ def memory_workload(which: str, dims: dict[str, int], num_images: int, beam_size
 
 def run(dims: Dims, *, num_images: int = 100, beam_size: int = 5, max_len: int = 20, decode_batch: int = 50,
         repeats: int = 3, threads: int | None = None, sharpness: float = 8.0, seed: int = 0,
-        memory: bool = True) -> dict[str, Any]:
+        memory: bool = True, device: str = "cpu") -> dict[str, Any]:
     """Measure the three decoders side by side; returns the JSON-able report (module docstring)."""
     if min(num_images, beam_size, max_len, decode_batch) < 1:
         raise ValueError("--num-images, --beam-size, --max-len and --decode-batch must be >= 1")
-    device = _timing.configure(threads, "cpu")  # the reference decodes on the CPU
+    chosen = _timing.configure(threads, device)
     reference, captioner, features = build(dims, num_images=num_images, sharpness=sharpness, seed=seed)
+    reference, captioner, features = reference.to(chosen), captioner.to(chosen), features.to(chosen)
+    device = chosen
     decode = decoders(reference, captioner, beam_size=beam_size, max_len=max_len, decode_batch=decode_batch)
     captions: dict[str, list[list[int]]] = {}
     with torch.no_grad():
@@ -109,7 +114,9 @@ def run(dims: Dims, *, num_images: int = 100, beam_size: int = 5, max_len: int =
                                  "identical_to_batched": sum(a == b for a, b in zip(captions[name],
                                                                                     captions["batched"]))}
         if memory:
-            entry["memory"] = _timing.peak_memory("beam", "memory_workload", {"which": name, **kwargs}, device=device)
+            with torch.no_grad():
+                entry["memory"] = _timing.peak_memory("beam", "memory_workload", {"which": name, **kwargs},
+                                                      device=device, run=lambda: decode[name](features))
         report[name] = entry
     report["speedup"] = report["batched"]["images_per_s"] / report["reference"]["images_per_s"]
     report["speedup_batching_alone"] = (report["batched"]["images_per_s"]
@@ -134,13 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sharpness", type=float, default=8.0, help="output-layer scale (default: 8)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
     parser.add_argument("--json", action="store_true", help="print only the JSON report")
     args = parser.parse_args(argv)
     try:
         dims = Dims(**{name: getattr(args, name) for name in asdict(Dims()) if name != "batch_size"})
         report = run(dims, num_images=args.num_images, beam_size=args.beam_size, max_len=args.max_len,
-                     decode_batch=args.decode_batch, repeats=args.repeats, threads=args.threads, sharpness=args.sharpness, seed=args.seed,
-                     memory=not args.no_memory)
+                     decode_batch=args.decode_batch, repeats=args.repeats, threads=args.threads,
+                     sharpness=args.sharpness, seed=args.seed, memory=not args.no_memory, device=args.device)
     except ValueError as err:
         print(f"beam: error: {err}", file=sys.stderr)
         return 2

@@ -30,8 +30,18 @@ the widths above:
                                     context 2·b_t·L·C (2×), gate 2·b_t·D·C, LSTM 2·b_t·(E+C+D)·4D,
                                     output 2·b_t·D·V (3×)
 
+``--dtype tf32`` (CUDA) runs visattn in fp32 with TF32 matrix products (``allow_tf32``, set around its own
+steps only) next to the strict-fp32 reference and visattn in strict fp32. ``--cuda-graphs`` (CUDA) adds
+``visattn_graph``: visattn's step at ``--dtype`` (forward, backward and a capturable fused AdamW) captured
+once in a CUDA graph and replayed, which removes the launch cost of its hundreds of small kernels; the
+captioner's running-batch plan depends only on the lengths, so the graph keeps the one it was captured
+with (the batch's lengths are fixed). ``--compile MODE`` adds ``visattn_compiled``: the captioner under
+``torch.compile(mode=MODE)``, with its first step's seconds (compilation included). ``--profile`` on CUDA
+adds each implementation's kernels per step, GPU-busy milliseconds and kernel time by kind.
+
 ``achieved_gflops`` = gflop_per_step / seconds_per_step; ``peak_gflops`` is a square matmul measured in
-the same run with the same dtype and threads.
+the same run with the same dtype and threads (``--peak-size``; use 8192 on a GPU); on CUDA every entry also
+has ``fraction_of_bf16_peak``, against the bf16 matmul peak measured in the same run.
 
 Run: ``visattn bench caption-train [--dtype bf16] [--json]`` or ``python benchmarks/caption_train.py``.
 """
@@ -42,12 +52,14 @@ import argparse
 import copy
 import json
 import sys
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
+import _gpu
 import _timing
 from visattn.encoders import EncoderConfig
 from visattn.heads.captioner import Captioner, CaptionerConfig
@@ -121,11 +133,11 @@ class MasterWeightStep:
     fp32 master parameters, AdamW steps there, and the result is copied back.
     """
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype, *, lr: float) -> None:
+    def __init__(self, model: nn.Module, dtype: torch.dtype, *, lr: float, capturable: bool = False) -> None:
         self.model = copy.deepcopy(model).to(dtype)
         self.master = [p for p in model.parameters() if p.requires_grad]
         self.low = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.master, lr=lr, fused=True)
+        self.optimizer = torch.optim.AdamW(self.master, lr=lr, fused=True, capturable=capturable)
 
     def __call__(self, loss_fn: Callable[[nn.Module], Tensor]) -> Tensor:
         for p in self.low:
@@ -141,16 +153,22 @@ class MasterWeightStep:
 
 
 def build_step(which: str, dims: Dims, *, dtype: str = "fp32", device: str = "cpu", seed: int = 0,
-               dropout: float = 0.5, lr: float = 4e-4, equal_lengths: bool = False) -> Callable[[], Tensor]:
+               dropout: float = 0.5, lr: float = 4e-4, equal_lengths: bool = False, graph: bool = False,
+               compile_mode: str | None = None) -> Callable[[], Tensor]:
     """A callable doing one training step of ``which`` ("reference" or "visattn") and returning its loss.
 
-    ``dtype``: "fp32"; "bf16" (bf16 weights and activations, fp32 master weights); "bf16-autocast" (fp32
-    weights under ``torch.autocast``). The models and the batch are built from ``seed``, so every
-    implementation starts from the same state.
+    ``dtype``: "fp32"; "tf32" (fp32 with TF32 matrix products on CUDA); "bf16" (bf16 weights and
+    activations, fp32 master weights); "bf16-autocast" (fp32 weights under ``torch.autocast``). The models
+    and the batch are built from ``seed``, so every implementation starts from the same state. ``graph``
+    (CUDA) captures visattn's step in a CUDA graph; ``compile_mode`` wraps the captioner in
+    ``torch.compile(mode=compile_mode)``.
     """
     reference, captioner = build_models(dims, dropout=dropout, seed=seed)
     features, tokens, lengths = (t.to(device) for t in make_batch(dims, seed=seed, equal_lengths=equal_lengths))
+    cpu_lengths = lengths.cpu()  # as the caption task passes them: the captioner plans on the CPU, no sync
     grid = (dims.grid, dims.grid)
+    if graph and (which != "visattn" or torch.device(device).type != "cuda" or dtype == "bf16-autocast"):
+        raise ValueError("CUDA graphs need visattn on a CUDA device, in fp32, tf32 or bf16")
     if which == "reference":
         if dtype != "fp32":
             raise ValueError("the reference runs in fp32 only")
@@ -172,27 +190,34 @@ def build_step(which: str, dims: Dims, *, dtype: str = "fp32", device: str = "cp
     inputs = features.to(low)  # a feature cache can store them in the training dtype
 
     def loss_fn(model: nn.Module) -> Tensor:
-        outputs = model(features=inputs, tokens=tokens, lengths=lengths, grid=grid)
+        if compile_mode is not None and id(model) not in compiled:
+            compiled[id(model)] = torch.compile(model, mode=compile_mode)
+        run = compiled.get(id(model), model)
+        outputs = run(features=inputs, tokens=tokens, lengths=cpu_lengths, grid=grid)
         return model.loss(outputs, tokens)["loss"]
 
+    compiled: dict[int, nn.Module] = {}
+    step: Callable[[], Tensor]
     if dtype == "bf16":
-        master_step = MasterWeightStep(captioner, low, lr=lr)
-        return lambda: master_step(loss_fn)
-    params = [p for p in captioner.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, fused=True)
-    autocast = dtype == "bf16-autocast"  # what the engine's --dtype bf16 does: fp32 weights, bf16 autocast
-    if autocast:
-        inputs = features
+        master_step = MasterWeightStep(captioner, low, lr=lr, capturable=graph)
+        step = lambda: master_step(loss_fn)  # noqa: E731
+    else:
+        params = [p for p in captioner.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, fused=True, capturable=graph)
+        autocast = dtype == "bf16-autocast"  # what the engine's --dtype bf16 does: fp32 weights, bf16 autocast
+        if autocast:
+            inputs = features
 
-    def visattn_step() -> Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
-            loss = loss_fn(captioner)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
+        def visattn_step() -> Tensor:
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=autocast):
+                loss = loss_fn(captioner)
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
 
-    return visattn_step
+        step = _gpu.TF32(visattn_step) if dtype == "tf32" else visattn_step
+    return _gpu.cuda_graph_step(step, torch.device(device)) if graph else step
 
 
 def _product(m: int, n: int, k: int, passes: int) -> float:
@@ -283,42 +308,69 @@ def memory_workload(which: str, dims: dict[str, int], dtype: str, device: str, s
 
 def run(dims: Dims, *, dtype: str = "fp32", steps: int = 5, warmup: int = 2, device: str = "cpu",
         threads: int | None = None, seed: int = 0, memory: bool = True, peak_size: int = 2048,
-        equal_lengths: bool = False, profile: bool = False) -> dict[str, Any]:
+        equal_lengths: bool = False, profile: bool = False, cuda_graphs: bool = False,
+        compile_mode: str | None = None) -> dict[str, Any]:
     """Measure both implementations side by side; returns the JSON-able report (module docstring).
 
     ``peak_size`` is the side of the square matmul that measures the peak. The report also measures
     what bounds a recurrence besides the peak: ``recurrence_product_gflops`` (one LSTM step's product,
     batch rows × (C + D) × 4D, in the same dtype and threads) and ``memory_bandwidth_gbs`` (a large
-    copy). ``profile`` adds visattn's step broken down by kind of work (:func:`profile_step`).
+    copy). ``profile`` adds visattn's step broken down by kind of work (:func:`profile_step`, CPU;
+    :func:`_gpu.profile_step_cuda`, CUDA). ``cuda_graphs`` adds ``visattn_graph``, ``compile_mode``
+    ``visattn_compiled`` (module docstring).
     """
-    if dtype not in ("fp32", "bf16"):
-        raise ValueError(f"dtype must be fp32 or bf16, got {dtype!r}")
+    if dtype not in ("fp32", "tf32", "bf16"):
+        raise ValueError(f"dtype must be fp32, tf32 or bf16, got {dtype!r}")
     chosen = _timing.configure(threads, device)
+    if (cuda_graphs or dtype == "tf32") and chosen.type != "cuda":
+        raise ValueError("--cuda-graphs and --dtype tf32 need a CUDA device")
     device = str(chosen)
     # report name -> (implementation, precision)
     kinds = {"reference": ("reference", "fp32"), "visattn": ("visattn", dtype)}
-    if dtype != "fp32":  # how bf16 training compares with fp32 training, and with plain autocast
+    if dtype == "bf16":  # how bf16 training compares with fp32 training, and with plain autocast
         kinds.update(visattn_fp32=("visattn", "fp32"), visattn_autocast=("visattn", "bf16-autocast"))
+    elif dtype == "tf32":
+        kinds.update(visattn_fp32=("visattn", "fp32"))
     steppers = {name: build_step(which, dims, dtype=kind, device=device, seed=seed, equal_lengths=equal_lengths)
                 for name, (which, kind) in kinds.items()}
     losses: dict[str, list[Tensor]] = {name: [] for name in steppers}
+    first_step: dict[str, float] = {}
+    failed: dict[str, str] = {}  # a graph capture or a compiler that fails is a result, not a crash
+    extra = {"visattn_graph": {"graph": True}} if cuda_graphs else {}
+    if compile_mode is not None:
+        extra["visattn_compiled"] = {"compile_mode": compile_mode}
+    for name, option in extra.items():
+        try:
+            _timing.synchronize(chosen)
+            start = time.perf_counter()
+            step = build_step("visattn", dims, dtype=dtype, device=device, seed=seed, equal_lengths=equal_lengths,
+                              **option)
+            losses[name] = [step()]  # a compiled step compiles here; a graph was captured in build_step
+            _timing.synchronize(chosen)
+            first_step[name] = time.perf_counter() - start
+            steppers[name], kinds[name] = step, ("visattn", dtype)
+        except Exception as err:  # noqa: BLE001
+            failed[name] = f"{type(err).__name__}: {str(err)[:400]}"
 
     def recorder(name: str) -> Callable[[], None]:
         return lambda: losses[name].append(steppers[name]())
 
     times = _timing.time_alternating({name: recorder(name) for name in steppers}, repeats=steps, warmup=warmup,
                                      device=chosen)
-    peaks = {kind: _timing.matmul_peak_gflops(_timing.TORCH_DTYPES[kind], chosen, size=peak_size)
-             for kind in sorted({"fp32", dtype})}
+    precisions = {"fp32", dtype} | ({"bf16"} if chosen.type == "cuda" else set())
+    peaks = {kind: _gpu.matmul_peak(kind, chosen, peak_size) for kind in sorted(precisions)}
     _, _, lengths = make_batch(dims, seed=seed, equal_lengths=equal_lengths)
     tokens_per_step = int((lengths - 1).sum())
     report: dict[str, Any] = {"benchmark": "caption-train", **_timing.device_info(chosen), "dims": asdict(dims),
                               "equal_lengths": equal_lengths, "dtype": dtype, "steps": steps, "warmup": warmup,
-                              "tokens_per_step": tokens_per_step, "peak_gflops": peaks[dtype]}
+                              "tokens_per_step": tokens_per_step, "peak_gflops": peaks[dtype], "peaks_gflops": peaks,
+                              "peak_size": peak_size}
+    if chosen.type == "cuda":
+        report["cuda"] = torch.version.cuda
     report["recurrence_product_gflops"] = {
         kind: _timing.product_gflops(dims.batch_size, dims.encoder_dim + dims.decoder_dim, 4 * dims.decoder_dim,
-                                     _timing.TORCH_DTYPES[kind], chosen) for kind in sorted({"fp32", dtype})}
-    report["memory_bandwidth_gbs"] = _timing.memory_bandwidth_gbs(chosen)
+                                     _timing.TORCH_DTYPES[kind], chosen) for kind in sorted({"fp32", dtype} - {"tf32"})}
+    report["memory_bandwidth_gbs"] = _timing.memory_bandwidth_gbs(chosen, mib=1024 if chosen.type == "cuda" else 256)
     for name, (which, kind) in kinds.items():
         seconds = _timing.summarise(times[name])
         gflop = train_gflop(which, dims, lengths)
@@ -328,15 +380,22 @@ def run(dims: Dims, *, dtype: str = "fp32", steps: int = 5, warmup: int = 2, dev
                  "seconds_max": seconds["max"], "tokens_per_s": tokens_per_step / seconds["median"],
                  "gflop_per_step": gflop, "achieved_gflops": gflop / seconds["median"], "peak_gflops": peak,
                  "fraction_of_peak": gflop / seconds["median"] / peak, "losses": history}
+        if "bf16" in peaks:
+            entry["fraction_of_bf16_peak"] = gflop / seconds["median"] / peaks["bf16"]
+        if name in first_step:
+            entry["first_step_seconds"] = first_step[name]
         if memory:
             entry["memory"] = _timing.peak_memory(
                 "caption_train", "memory_workload",
                 {"which": which, "dims": asdict(dims), "dtype": kind, "device": device, "seed": seed,
                  "equal_lengths": equal_lengths},
                 device=chosen, run=steppers[name])
-        if profile and chosen.type == "cpu":
-            entry["profile"] = profile_step(steppers[name], dims.batch_size)
+        if profile:
+            entry["profile"] = (profile_step(steppers[name], dims.batch_size) if chosen.type == "cpu"
+                                else _gpu.profile_step_cuda(steppers[name]))
         report[name] = entry
+    for name, error in failed.items():
+        report[name] = {"error": error}
     reference = report["reference"]["seconds_per_step"]
     report["speedup"] = reference / report["visattn"]["seconds_per_step"]
     report["speedups"] = {name: reference / report[name]["seconds_per_step"] for name in kinds if name != "reference"}
@@ -351,7 +410,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation (default: 5)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: 2)")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default: 2)")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="visattn's precision")
+    parser.add_argument("--dtype", choices=["fp32", "tf32", "bf16"], default="fp32",
+                        help="visattn's precision (tf32: CUDA only)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="add visattn's step captured in a CUDA graph (CUDA only)")
+    parser.add_argument("--compile", default=None, dest="compile_mode",
+                        choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                        help="add visattn's step with the captioner under torch.compile(mode=...)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peak-size", type=int, default=2048, help="side of the peak-measuring matmul (default: 2048)")
@@ -359,19 +424,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="every caption of the batch has --max-len tokens (the paper's batching)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     parser.add_argument("--profile", action="store_true",
-                        help="add each implementation's step broken down by kind of work (torch.profiler, CPU)")
+                        help="add each implementation's step broken down by kind of work (torch.profiler)")
     parser.add_argument("--json", action="store_true", help="print only the JSON report")
     args = parser.parse_args(argv)
     try:
         dims = Dims(**{name: getattr(args, name) for name in asdict(Dims())})
         report = run(dims, dtype=args.dtype, steps=args.steps, warmup=args.warmup, device=args.device,
                      threads=args.threads, seed=args.seed, memory=not args.no_memory, peak_size=args.peak_size,
-                     equal_lengths=args.equal_lengths, profile=args.profile)
+                     equal_lengths=args.equal_lengths, profile=args.profile, cuda_graphs=args.cuda_graphs,
+                     compile_mode=args.compile_mode)
     except ValueError as err:
         print(f"caption-train: error: {err}", file=sys.stderr)
         return 2
     if not args.json:
-        for name in ("reference", "visattn", "visattn_fp32", "visattn_autocast"):
+        for name in ("reference", "visattn", "visattn_fp32", "visattn_autocast", "visattn_graph", "visattn_compiled"):
             if name in report:
                 e = report[name]
                 print(f"{name:16s} {e['dtype']:13s} {e['seconds_per_step']:.3f} s/step, "

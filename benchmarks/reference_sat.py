@@ -135,8 +135,9 @@ def reference_beam_search(decoder: ReferenceDecoder, encoder_out: Tensor, *, bea
     k = beam_size
     encoder_out = encoder_out.expand(k, *encoder_out.shape[1:])  # (k, L, C)
     h, c = decoder.init_hidden_state(encoder_out)
-    prev = torch.full((k,), start_id, dtype=torch.long)
-    scores = torch.full((k,), float("-inf"))
+    device = encoder_out.device
+    prev = torch.full((k,), start_id, dtype=torch.long, device=device)
+    scores = torch.full((k,), float("-inf"), device=device)
     scores[0] = 0.0  # one live beam at the start
     sequences: list[list[int]] = [[] for _ in range(k)]
     best_finished, best_sequence = float("-inf"), None
@@ -158,7 +159,7 @@ def reference_beam_search(decoder: ReferenceDecoder, encoder_out: Tensor, *, bea
         scores = top_scores[keep]
         sequences = [sequences[beams[i]] + [words[i]] for i in keep]
         h, c = h[[beams[i] for i in keep]], c[[beams[i] for i in keep]]
-        prev = torch.tensor([words[i] for i in keep])
+        prev = torch.tensor([words[i] for i in keep], device=device)
         if t + 1 < max_len and best_finished >= float(scores.max()):
             break
     if best_sequence is not None:

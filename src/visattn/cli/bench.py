@@ -1,4 +1,4 @@
-"""``visattn bench caption-train|beam|cache|data``: the speed benchmarks of a source checkout.
+"""``visattn bench caption-train|beam|cache|data|train-step``: the speed benchmarks of a source checkout.
 
 The benchmarks measure visattn side by side with a textbook reference implementation that lives in the
 repository's ``benchmarks/`` folder, not in the installed package, so this command runs the script from a
@@ -19,7 +19,8 @@ from visattn.cli.common import CliError
 __all__ = ["register", "BENCHMARKS", "find_benchmarks", "run_bench"]
 
 # command name -> script in benchmarks/
-BENCHMARKS = {"caption-train": "caption_train", "beam": "beam", "cache": "cache", "data": "data_pipeline"}
+BENCHMARKS = {"caption-train": "caption_train", "beam": "beam", "cache": "cache", "data": "data_pipeline",
+              "train-step": "train_step"}
 
 
 def register(commands: dict) -> None:
@@ -27,7 +28,8 @@ def register(commands: dict) -> None:
         "bench", help="speed benchmarks against the textbook implementation (JSON out; needs a source checkout)",
         description="Speed benchmarks, measured side by side with a textbook reference in the same run: "
                     "caption-train (one training step), beam (batched beam search), cache (epoch from the "
-                    "feature cache), data (input pipeline). Runs benchmarks/<name>.py of a source checkout; "
+                    "feature cache), data (input pipeline), train-step (each task's engine step: eager, "
+                    "compiled, host syncs). Runs benchmarks/<name>.py of a source checkout; "
                     "'visattn bench NAME --help' lists a benchmark's options.")
     bench.add_argument("benchmark", choices=sorted(BENCHMARKS), help="which benchmark")
     bench.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark script")
