@@ -391,8 +391,11 @@ def run(dims: Dims, *, dtype: str = "fp32", steps: int = 5, warmup: int = 2, dev
                  "equal_lengths": equal_lengths},
                 device=chosen, run=steppers[name])
         if profile:
-            entry["profile"] = (profile_step(steppers[name], dims.batch_size) if chosen.type == "cpu"
-                                else _gpu.profile_step_cuda(steppers[name]))
+            try:
+                entry["profile"] = (profile_step(steppers[name], dims.batch_size) if chosen.type == "cpu"
+                                    else _gpu.profile_step_cuda(steppers[name]))
+            except Exception as err:  # noqa: BLE001 - a profiler failure must not lose the timings
+                entry["profile"] = {"error": f"{type(err).__name__}: {str(err)[:300]}"}
         report[name] = entry
     for name, error in failed.items():
         report[name] = {"error": error}

@@ -84,8 +84,10 @@ def _pinned(value: Any) -> Any:
         return value.pin_memory()
     if isinstance(value, dict):
         return {k: _pinned(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)) and not isinstance(value, str):
-        return type(value)(_pinned(v) for v in value) if isinstance(value, list) else tuple(_pinned(v) for v in value)
+    if isinstance(value, list):
+        return [_pinned(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_pinned(v) for v in value)
     return value
 
 
@@ -179,7 +181,10 @@ def run(tasks: list[str], *, batch_size: int = 32, image_size: int = 64, steps: 
         entry: dict[str, Any] = {}
         if sync_debug:
             eager()  # lazy state (optimizer moments, cuBLAS handles) is created outside the check
-            entry["host_syncs"] = host_syncs(eager)
+            try:
+                entry["host_syncs"] = host_syncs(eager)
+            except Exception as err:  # noqa: BLE001 - report it and still time the step
+                entry["host_syncs_error"] = f"{type(err).__name__}: {str(err)[:300]}"
         seconds = _time(eager, steps=steps, warmup=warmup, device=chosen)
         entry["eager"] = {"seconds_per_step": seconds["median"], "seconds_min": seconds["min"],
                           "images_per_s": batch_size / seconds["median"]}
