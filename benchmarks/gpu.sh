@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# The GPU run of issue 13, as one prepared script: CUDA tests, the test suite with CUDA available, caption
-# training at the paper's dimensions (fp32, TF32, bf16; batch 32 and 256; CUDA graphs; the matmul peaks),
-# beam search, each task's training step (host syncs, eager, torch.compile) and torchrun with NCCL.
+# The GPU run of issue 13, as one prepared script (a device call runs it as it is):
+#   1. the CUDA tests (tests/test_cuda.py) and, side by side, the rest of the suite (-m "not distributed");
+#   2. caption training at the paper's dimensions against the textbook reference: fp32, bf16 and TF32, batch 32
+#      and 256, the step in a CUDA graph, the fp32/TF32/bf16 matmul peaks, kernels per step;
+#   3. beam search on 500 images; each task's engine step (host syncs, eager, bf16, torch.compile);
+#   4. the captioner step under torch.compile(mode="reduce-overhead").
 #
-#   bash benchmarks/gpu.sh [SECTIONS]      # SECTIONS: comma-separated names below, or "all" (default)
+#   bash benchmarks/gpu.sh [SECTIONS]      # SECTIONS: comma-separated section names, or "all" (default)
 #   GPU_SH_DRY=1 bash benchmarks/gpu.sh    # dry run on the CPU at tiny sizes (checks the plumbing only)
 #
 # Results: $OUT/gpu.jsonl (one JSON line per section: command, exit code, seconds, the benchmark's report),
-# $OUT/summary.json (the key numbers) and $OUT/gpu.log (stderr of everything, pytest summaries). $OUT
-# defaults to runs/gpu. Sections run in priority order while the time budget lasts (GPU_SH_BUDGET seconds,
-# default 330): a section that would not fit is skipped and recorded as such. Without CUDA (and without
-# GPU_SH_DRY) the script stops at once with exit code 3.
+# $OUT/summary.json (the key numbers) and $OUT/gpu.log (stderr of everything). $OUT defaults to runs/gpu.
+# Sections run in this order while the time budget lasts (GPU_SH_BUDGET seconds, default 330): one that would
+# not fit is recorded as not run. Without CUDA (and without GPU_SH_DRY) the script stops at once, exit code 3.
+# On a machine without pycocotools, carry its wheel in .whl/ (installed to /tmp/site; the detection tests and
+# benchmarks need it).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/gpu}

@@ -57,7 +57,7 @@ def _caption(batch_size: int, image_size: int, seed: int) -> tuple[nn.Module, An
     from visattn.tasks.demo import demo_model_config
 
     data = scene_data(num_train=batch_size, num_val=1, image_size=image_size, seed=seed)
-    items = CaptionDataset(data.train, data.train.tokens, data.vocab, mode="pairs")
+    items = CaptionDataset(data.train, data.train.tokens, data.vocab, mode="random")  # one caption per image
     config = replace(demo_model_config(), vocab=data.vocab.to_list(), image_size=image_size)
     task = get_task("caption")
     return build_model("captioner", config), task, task.collate([items[i] for i in range(batch_size)])

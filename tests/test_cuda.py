@@ -145,7 +145,7 @@ def test_every_model_runs_on_cuda_with_every_tensor_there_and_matches_the_cpu(na
     assert all(b.device.type == "cuda" for b in model.buffers())
     on_gpu = run(model, CUDA)
     assert _all_on(on_gpu, "cuda")
-    _outputs_close(on_gpu, on_cpu, rtol=1e-4, atol=1e-5)
+    _outputs_close(on_gpu, on_cpu, rtol=1e-3, atol=1e-4)
 
 
 def test_all_models_list_is_covered():
@@ -209,7 +209,7 @@ def test_checkpoint_saved_on_cuda_loads_on_the_cpu_with_identical_weights_and_ou
     # the same weights on the CPU give the same outputs as a fresh CPU load, and follow the GPU's
     _outputs_close(run(on_cpu, "cpu"), run(load(path, map_location="cpu"), "cpu"), rtol=0, atol=0)
     with torch.backends.cudnn.flags(allow_tf32=False):
-        _outputs_close(run(on_gpu, "cuda"), run(on_cpu, "cpu"), rtol=1e-4, atol=1e-5)
+        _outputs_close(run(on_gpu, "cuda"), run(on_cpu, "cpu"), rtol=1e-3, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------------------------- host syncs
