@@ -1,0 +1,103 @@
+"""Tiny trained checkpoints of the three tasks for the server tests (a few steps each, seconds on a CPU).
+
+Shared by ``test_serve.py`` and ``test_browser.py``; trained once per test session into a pytest temp folder.
+The tests check the server's mechanics, not caption quality, so a dozen optimizer steps on a handful of
+procedural scenes do; each model is saved with :func:`visattn.checkpoint.save_checkpoint` as training would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from visattn.checkpoint import save_checkpoint
+from visattn.config import config_to_dict
+from visattn.encoders import EncoderConfig
+from visattn.models import build_model
+
+IMAGE_SIZE = 32  # the smallest procedural scene; an 8x8 attention grid with two down-samplings
+STEPS = 12
+_TRAINED: dict[str, dict[str, Path]] = {}
+
+
+def _steps(model: torch.nn.Module, batch_loss) -> None:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(STEPS):
+        loss = batch_loss(model)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+
+
+def _captioner(path: Path) -> Path:
+    from visattn.data.caption_data import CaptionDataset, collate, scene_data
+    from visattn.heads.captioner import CaptionerConfig
+
+    data = scene_data(num_train=16, num_val=1, image_size=IMAGE_SIZE, num_objects=(1, 2), seed=0)
+    config = CaptionerConfig(encoder=EncoderConfig(width=16, depth=2, num_downsample=2), attention_dim=16,
+                             decoder_dim=32, embed_dim=16, dropout=0.0, max_len=12, vocab=data.vocab.to_list(),
+                             image_size=IMAGE_SIZE)
+    model = build_model("captioner", config)
+    items = CaptionDataset(data.train, data.train.tokens, data.vocab, mode="pairs")
+    batch = collate([items[i] for i in range(0, len(items), max(1, len(items) // 16))])
+
+    def loss(model):
+        outputs = model(batch["images"], tokens=batch["tokens"], lengths=batch["lengths"])
+        return model.loss(outputs, batch["tokens"])["loss"]
+
+    _steps(model, loss)
+    return save_checkpoint(path, model, task="caption", model_name="captioner", config=config_to_dict(model.config))
+
+
+def _classifier(path: Path) -> Path:
+    from visattn.heads.classifier import ClassifierConfig
+    from visattn.tasks.classify import collate, scene_data
+
+    data = scene_data(num_train=32, num_val=1, image_size=IMAGE_SIZE, seed=0)
+    config = ClassifierConfig(encoder=EncoderConfig(width=16, depth=2, num_downsample=2), attention_dim=16,
+                              hidden_dim=16, num_glimpses=2, class_names=list(data.class_names),
+                              image_size=IMAGE_SIZE)
+    model = build_model("classifier", config)
+    batch = collate([data.train[i] for i in range(len(data.train))])
+    _steps(model, lambda model: F.cross_entropy(model(batch["images"])["logits"], batch["labels"]))
+    return save_checkpoint(path, model, task="classify", model_name="classifier", config=config_to_dict(model.config))
+
+
+def _detector(path: Path) -> Path:
+    from visattn.heads.detection_loss import SetCriterion
+    from visattn.heads.detector import DetectorConfig
+    from visattn.tasks.detect import collate, scene_data
+
+    data = scene_data(num_train=16, num_val=1, image_size=IMAGE_SIZE, num_objects=(1, 3))
+    config = DetectorConfig(encoder=EncoderConfig(width=16, depth=2, num_downsample=2, norm="group"), num_queries=5, num_classes=len(data.class_names),
+                            hidden_dim=16, num_heads=2, num_layers=1, ffn_dim=32, class_names=list(data.class_names),
+                            image_size=IMAGE_SIZE)
+    model = build_model("detector", config)
+    criterion = SetCriterion(len(data.class_names))
+    batch = collate([data.train[i] for i in range(len(data.train))])
+    _steps(model, lambda model: criterion(model(batch["images"]), batch["targets"])["loss"])
+    return save_checkpoint(path, model, task="detect", model_name="detector", config=config_to_dict(model.config))
+
+
+def train_tiny_checkpoints(root: Path) -> dict[str, Path]:
+    """Train a tiny captioner, classifier and detector on procedural scenes; task -> checkpoint path."""
+    key = str(root)
+    if key not in _TRAINED:
+        torch.manual_seed(0)
+        _TRAINED[key] = {"caption": _captioner(root / "captioner.safetensors"),
+                         "classify": _classifier(root / "classifier.safetensors"),
+                         "detect": _detector(root / "detector.safetensors")}
+    return _TRAINED[key]
+
+
+def load_predictors(paths: dict[str, Path]) -> dict:
+    """Server name -> Predictor for each tiny checkpoint: ``captioner``, ``classifier``, ``detector``."""
+    from visattn.predictor import Predictor
+
+    names = {"caption": "captioner", "classify": "classifier", "detect": "detector"}
+    return {names[task]: Predictor.from_checkpoint(path, device="cpu") for task, path in paths.items()}
