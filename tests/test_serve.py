@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 pytest.importorskip("fastapi", reason="the server needs the 'serve' extra: pip install -e '.[serve]'")
-pytest.importorskip("multipart", reason="uploads need python-multipart: pip install -e '.[serve]'")
+pytest.importorskip("python_multipart", reason="uploads need python-multipart: pip install -e '.[serve]'")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from serve_checkpoints import IMAGE_SIZE, load_predictors, train_tiny_checkpoints  # noqa: E402

@@ -122,7 +122,9 @@ def run_serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     try:
-        server.run(sockets=[sock])
+        server.run(sockets=[sock])  # Ctrl-C: uvicorn finishes the requests in flight, then re-raises the signal
+    except KeyboardInterrupt:
+        pass
     finally:
         sock.close()
     print("visattn serve: stopped", flush=True)
