@@ -24,12 +24,7 @@ from visattn.serve.samples import draw_sample, sample_support  # noqa: E402
 
 @pytest.fixture(scope="module")
 def predictors(tmp_path_factory):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: one thread each is faster than two fighting over the cores
-    try:
-        yield load_predictors(train_tiny_checkpoints(tmp_path_factory.getbasetemp() / "serve-checkpoints"))
-    finally:
-        torch.set_num_threads(threads)
+    return load_predictors(train_tiny_checkpoints(tmp_path_factory.getbasetemp() / "serve-checkpoints"))
 
 
 @pytest.fixture(scope="module")

@@ -113,9 +113,9 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"visattn serve: open http://{shown}:{port}/  (API docs: http://{shown}:{port}/docs)")
     for name, info in app.state.models.items():
         data = info.get("data") or ("procedural scenes" if info["sample"] else "its own images (no samples)")
+        grid = "x".join(map(str, info["grid"])) if info.get("grid") else "?"
         print(f"  {name}: {info['task']} ({info['model']}), trained on {data}, {info['image_size']} px images, "
-              f"{info['grid'][0]}x{info['grid'][1]} attention grid, device {getattr(predictors[name], 'device', 'cpu')}  "
-              f"<- {paths[name]}")
+              f"{grid} attention grid, on {info.get('device', 'cpu')}  <- {paths[name]}")
     if not _is_loopback(args.host):
         print(f"  warning: listening on {args.host}, not loopback: anyone who can reach this machine can use it")
     print("Ctrl-C stops the server.", flush=True)

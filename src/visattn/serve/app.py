@@ -48,7 +48,7 @@ def describe_model(name: str, predictor: Any) -> dict[str, Any]:
     """What ``/api/models`` says of one model: the Predictor's ``info()`` plus the server's view of it.
 
     Returns:
-        ``info()`` with ``name`` (the server's name), ``options`` (per option: type, range, help),
+        ``info()`` with ``name`` (the server's name), ``options`` (per option: type, default, range, help),
         ``sample`` (whether ``/api/sample`` works) and ``sample_note`` (why not, or what the model knows).
     """
     info = dict(predictor.info())
@@ -58,8 +58,9 @@ def describe_model(name: str, predictor: Any) -> dict[str, Any]:
     config = getattr(getattr(predictor, "model", None), "config", None)
     reason = sample_support(task, class_names=info.get("class_names"), vocab=getattr(config, "vocab", None),
                             image_size=info.get("image_size"))
-    info["options"] = {key: {"type": spec.kind.__name__, "min": spec.low, "max": spec.high, "help": spec.help}
-                       for key, spec in TASK_OPTIONS[task].items()}
+    defaults = info.get("options") or {}
+    info["options"] = {key: {"type": spec.kind.__name__, "default": defaults.get(key), "min": spec.low,
+                             "max": spec.high, "help": spec.help} for key, spec in TASK_OPTIONS[task].items()}
     info["sample"] = reason is None
     info["sample_note"] = _SAMPLE_NOTE if reason is None else f"no procedural samples: {reason}"
     return info
