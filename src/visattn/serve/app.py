@@ -19,6 +19,7 @@ import json
 import logging
 import math
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -134,6 +135,14 @@ def create_app(predictors: Mapping[str, Any], *, workers: int = 2, queue_size: i
     async def api_error(request: Request, error: ApiError) -> Response:
         return _error(error)
 
+    @app.exception_handler(QueueFull)
+    async def queue_full(request: Request, error: QueueFull) -> Response:
+        return _error(busy(str(error)))
+
+    @app.exception_handler(PoolClosed)
+    async def pool_closed(request: Request, error: PoolClosed) -> Response:
+        return _error(busy(str(error)))
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, error: RequestValidationError) -> Response:
         first = error.errors()[0] if error.errors() else {"loc": (), "msg": "invalid request"}
@@ -192,14 +201,13 @@ def create_app(predictors: Mapping[str, Any], *, workers: int = 2, queue_size: i
         if pool.queued >= pool.queue_size:  # refuse before decoding what would be refused anyway
             raise busy(f"{pool.queued} requests waiting")
         data = await upload.read()
-        image = await run_in_threadpool(decode_upload, data, upload.filename, max_bytes=max_bytes,
-                                        max_pixels=max_pixels)
+        if len(data) > max_bytes or not data:  # refuse at once what decoding would refuse
+            decode_upload(data, upload.filename, max_bytes=max_bytes, max_pixels=max_pixels)
         try:
-            result = await pool.submit(name, image, options)
-        except QueueFull as full:
-            raise busy(str(full)) from None
-        except PoolClosed as closed:
-            raise busy(str(closed)) from None
+            result = await pool.submit(name, data, options, decode=partial(
+                decode_upload, filename=upload.filename, max_bytes=max_bytes, max_pixels=max_pixels))
+        except (ApiError, QueueFull, PoolClosed):
+            raise
         except ValueError as error:  # the Predictor refused the options
             raise ApiError(422, f"{name}: {error}") from None
         except Exception as error:  # noqa: BLE001 - logged by the pool; the client gets one line

@@ -1,8 +1,11 @@
 """Inference off the event loop: a few worker threads, a bounded queue, and batching of waiting requests.
 
-The server's routes never run a model. They hand a decoded image to :meth:`InferencePool.submit`, which
-queues a job and awaits its result; worker threads take jobs from the queue and call the model's
-:class:`~visattn.predictor.Predictor`. Two rules keep a busy server healthy:
+The server's routes never run a model. They hand an image (or the upload's bytes with the function that
+decodes them) to :meth:`InferencePool.submit`, which queues a job and awaits its result; worker threads take
+jobs from the queue, decode them and call the model's :class:`~visattn.predictor.Predictor`. Decoding in the
+workers keeps it off the event loop without another thread hop (each hop costs a wake-up, milliseconds on a
+busy machine), and bounds how many large uploads are decoded at once to the number of workers.
+Three rules keep a busy server healthy:
 
 - **Bounded.** At most ``queue_size`` jobs wait; one more raises :class:`QueueFull` at once (the server
   answers 503 with ``Retry-After``), so a burst of requests can neither pile up without limit nor make
@@ -12,8 +15,9 @@ queues a job and awaits its result; worker threads take jobs from the queue and 
   a lone request runs alone, at once; under load the batch forms from the requests that queued while the
   workers were busy, which is where batching pays (one beam search over B images costs far less than B).
 
-Jobs whose caller went away (a cancelled future) are dropped before they run. An exception in ``predict``
-fails the jobs of that batch, never the worker thread.
+- **Contained.** Jobs whose caller went away (a cancelled future) are dropped before they run. An exception
+  in a job's decoding fails that job alone; one in ``predict`` fails the jobs of that batch; neither ever
+  ends the worker thread.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 __all__ = ["InferencePool", "QueueFull", "PoolClosed"]
 
@@ -42,6 +46,7 @@ class PoolClosed(RuntimeError):
 class _Job:
     model: str
     image: Any
+    decode: Callable[[Any], Any] | None
     options: dict[str, Any]
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
@@ -146,8 +151,15 @@ class InferencePool:
         return sum(thread.is_alive() for thread in self._threads)
 
     # ------------------------------------------------------------------------------------------ jobs
-    async def submit(self, model: str, image: Any, options: Mapping[str, Any] | None = None) -> Any:
+    async def submit(self, model: str, image: Any, options: Mapping[str, Any] | None = None, *,
+                     decode: Callable[[Any], Any] | None = None) -> Any:
         """Queue one image for ``model`` and wait for its result (one element of ``predict``'s list).
+
+        Args:
+            model: a name of ``predictors``.
+            image: what ``predict`` takes, or what ``decode`` turns into it.
+            options: keyword options of ``predict``; jobs batch together only with equal options.
+            decode: run by the worker on ``image`` first (e.g. bytes -> PIL image); its exception is the job's.
 
         Raises:
             KeyError: no such model.
@@ -160,7 +172,7 @@ class InferencePool:
         if not self._threads:
             self.start()
         loop = asyncio.get_running_loop()
-        job = _Job(model, image, dict(options or {}), loop.create_future(), loop)
+        job = _Job(model, image, decode, dict(options or {}), loop.create_future(), loop)
         with self._lock:
             if self._closed:
                 raise PoolClosed("the server is shutting down")
@@ -202,12 +214,20 @@ class InferencePool:
                     self._busy -= 1
 
     def _run(self, batch: list[_Job]) -> None:
-        live = [job for job in batch if not job.future.cancelled()]
+        live, images = [], []
+        for job in batch:
+            if job.future.cancelled():
+                continue
+            try:
+                images.append(job.decode(job.image) if job.decode is not None else job.image)
+                live.append(job)
+            except Exception as error:  # noqa: BLE001 - a bad upload fails its own job only
+                _deliver(job, error=error)
         if not live:
             return
         first = live[0]
         try:
-            results = self.predictors[first.model].predict([job.image for job in live], **first.options)
+            results = self.predictors[first.model].predict(images, **first.options)
             if len(results) != len(live):
                 raise RuntimeError(f"predict returned {len(results)} results for {len(live)} images")
         except Exception as error:  # noqa: BLE001 - the job fails, the worker lives on
