@@ -10,8 +10,8 @@ One procedural scene (PNG, at the checkpoint's image size) is captioned again an
   queue and the JSON answer.
 
 For each concurrency C (default 1, 4, 16) and each way, ``--requests`` requests (after a warm-up) give
-requests per second and the p50/p95 latency. The two ways run alternately, direct first at C, then HTTP
-at C, so that a slow minute of a shared machine hits both. Every HTTP answer must be a 200 whose best
+requests per second and the p50/p95 latency. The two ways run in alternating rounds (direct, HTTP, HTTP,
+direct, ...), so that a slow minute of a shared machine hits both. Every HTTP answer must be a 200 whose best
 caption equals the direct one (a 503 would be counted and reported, and fails the run).
 
 Targets (from issue 10): the HTTP path adds at most 15% to p50 at C = 1, and its throughput at C = 16 is
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", default="1,4,16", help="client threads, comma-separated")
     parser.add_argument("--requests", type=int, default=64, help="timed requests per concurrency and way")
     parser.add_argument("--warmup", type=int, default=8, help="untimed requests before each measurement")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds the requests are split into")
     parser.add_argument("--threads", type=int, default=None,
                         help="PyTorch threads, for the direct calls and for the server (default: PyTorch's)")
     parser.add_argument("--workers", type=int, default=2, help="the server's inference threads")
@@ -176,12 +177,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         body, content_type = multipart(png, options)
         client = HttpClient(host, port, "/api/predict/bench", body, content_type)
+        ways = {"direct": direct, "http": client}
         results = []
         for concurrency in levels:
             row: dict[str, Any] = {"concurrency": concurrency}
-            for way, call in (("direct", direct), ("http", client)):
+            for call in ways.values():
                 hammer(call, concurrency=concurrency, requests=args.warmup)
-                latencies, seconds, answers = hammer(call, concurrency=concurrency, requests=args.requests)
+            measured: dict[str, tuple[list[float], float, list[Any]]] = {w: ([], 0.0, []) for w in ways}
+            for round_index in range(args.rounds):  # A B, B A, ...: a slow minute of the machine hits both
+                order = list(ways) if round_index % 2 == 0 else list(ways)[::-1]
+                for way in order:
+                    latencies, seconds, answers = hammer(ways[way], concurrency=concurrency,
+                                                         requests=max(1, args.requests // args.rounds))
+                    before = measured[way]
+                    measured[way] = (before[0] + latencies, before[1] + seconds, before[2] + answers)
+            for way, (latencies, seconds, answers) in measured.items():
                 row[way] = summarise(latencies, seconds)
                 if way == "http":
                     codes = [status for status, _ in answers]
@@ -208,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
               "model": {k: predictor.info().get(k) for k in ("task", "model", "image_size", "grid")},
               "caption": expected, "settings": {"beam_size": args.beam_size, "workers": args.workers,
                                                  "max_batch": args.max_batch, "requests": args.requests,
-                                                 "warmup": args.warmup},
+                                                 "warmup": args.warmup, "rounds": args.rounds},
               "levels": results, "targets": targets}
     print(json.dumps(report) if args.json else json.dumps(report, indent=2))
     return 0

@@ -342,6 +342,8 @@ def test_cli_serve_errors_are_one_line(tmp_path, capsys):
     assert "missing.safetensors" in capsys.readouterr().err
     assert parse_checkpoint_spec("demo=runs/x.safetensors") == ("demo", tmp_path.__class__("runs/x.safetensors"))
     assert parse_checkpoint_spec("runs/a=b/x.safetensors")[0] is None
+    with bind_socket("127.0.0.1", 0) as listening:  # a TCP socket, so asyncio sets TCP_NODELAY on each connection
+        assert listening.proto == socket.IPPROTO_TCP
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)

@@ -226,6 +226,8 @@ def create_app(predictors: Mapping[str, Any], *, workers: int = 2, queue_size: i
                           top_k: str | None = Form(None, description=option_docs["top_k"]),
                           score_threshold: str | None = Form(None, description=option_docs["score_threshold"]),
                           ) -> Response:
+        # The option parameters are declared for the OpenAPI page; parse_options reads them from the form with
+        # the rules of the model's task (an option of another task, or an unknown field, is a 422).
         return await predict(name, request, None)
 
     for task in TASKS:
