@@ -395,6 +395,7 @@ function renderClassify() {
     canvas.width = 96; canvas.height = 96;
     const ctx = canvas.getContext("2d");
     ctx.fillStyle = "#11131a"; ctx.fillRect(0, 0, 96, 96);
+    ctx.imageSmoothingEnabled = !state.img || state.img.naturalWidth >= 256;  // as on the main canvas
     if (state.img) ctx.drawImage(state.img, 0, 0, 96, 96);
     const layer = el("canvas");
     layer.width = 96; layer.height = 96;
