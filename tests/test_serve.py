@@ -77,7 +77,11 @@ def test_page_static_files_models_health_and_docs(client):
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["workers_alive"] == health["workers"] == 2
     assert client.get("/docs").status_code == 200
-    assert "/api/predict/{name}" in client.get("/openapi.json").json()["paths"]
+    paths = client.get("/openapi.json").json()["paths"]
+    form = paths["/api/predict/{name}"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert {"file", "beam_size", "n_best", "top_k", "score_threshold"} <= set(form["properties"])
+    caption_form = paths["/api/caption/{name}"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert "score_threshold" not in caption_form["properties"]
 
 
 def test_predict_caption_returns_n_best_with_one_map_per_word(client):
