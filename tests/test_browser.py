@@ -21,6 +21,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -64,6 +65,7 @@ def running_server(checkpoints: list[str], *, threads: int = 1):
         command += ["--checkpoint", str(checkpoint)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
+    reader = None
     try:
         url = None
         while url is None:
@@ -73,6 +75,9 @@ def running_server(checkpoints: list[str], *, threads: int = 1):
             lines.append(line)
             found = re.search(r"open (http://127\.0\.0\.1:\d+/)", line)
             url = found.group(1) if found else None
+        # The rest of its output, read through the same buffered pipe (communicate() would skip the buffer).
+        reader = threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True)
+        reader.start()
         for _ in range(300):
             try:
                 with urllib.request.urlopen(url + "healthz", timeout=2) as response:
@@ -85,11 +90,13 @@ def running_server(checkpoints: list[str], *, threads: int = 1):
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
         try:
-            rest, _ = process.communicate(timeout=30)
+            process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
-            rest, _ = process.communicate()
-        running_server.output = "".join(lines) + (rest or "")
+            process.wait()
+        if reader is not None:
+            reader.join(10)
+        running_server.output = "".join(lines)
         running_server.returncode = process.returncode
 
 

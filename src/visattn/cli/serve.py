@@ -24,20 +24,22 @@ def register(commands: dict) -> None:
         "serve", help="a local web page showing where each model looked (needs the 'serve' extra)",
         description="Serve checkpoints on a local web page: drop an image (or try a procedural sample) and "
                     "hover the caption's words to see each word's attention map; classifier glimpses and "
-                    "detection queries likewise. The JSON API is documented at /docs.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "detection queries likewise. The JSON API is documented at /docs.")
     serve.add_argument("--checkpoint", action="append", required=True, metavar="[NAME=]PATH",
                        help="a .safetensors checkpoint; repeat for several models. NAME (default: the model's "
                             "registry name) is how URLs call it")
     serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on; anything but loopback exposes the models to your network")
-    serve.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
-    serve.add_argument("--workers", type=positive_int, default=2, help="inference threads")
+                       help="address to listen on; anything but loopback exposes the models to your network "
+                            "(default: 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port; 0 picks a free one (default: 8000)")
+    serve.add_argument("--workers", type=positive_int, default=2, help="inference threads (default: 2)")
     serve.add_argument("--queue-size", type=positive_int, default=32,
-                       help="requests allowed to wait for a worker; more are answered 503 with Retry-After")
+                       help="requests allowed to wait for a worker; more are answered 503 with Retry-After "
+                            "(default: 32)")
     serve.add_argument("--max-batch", type=positive_int, default=8,
-                       help="most waiting requests of one model run together as one batch (1: no batching)")
-    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload; bigger ones get 413")
+                       help="most waiting requests of one model run together as one batch; 1: no batching "
+                            "(default: 8)")
+    serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest upload; bigger ones get 413 (default: 10)")
     add_device_option(serve)
     serve.set_defaults(handler=run_serve)
 
