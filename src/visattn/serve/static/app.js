@@ -92,10 +92,7 @@ async function api(path, options) {
 function showError(error) {
   const box = $("error");
   box.replaceChildren();
-  const head = document.createElement("strong");
-  head.textContent = error.status ? `Error ${error.status}` : "Error";
-  box.append(head, document.createTextNode(error.message));
-  if (error.status === 503) box.append(document.createTextNode(" — the server is busy; try again in a moment."));
+  box.append(el("strong", "", error.status ? `Error ${error.status}` : "Error"), document.createTextNode(error.message));
   box.hidden = false;
 }
 
@@ -108,17 +105,10 @@ function setStatus(text, busy = false) {
 
 // ------------------------------------------------------------------------------------------- models
 async function loadModels() {
-  try {
-    state.models = await api("/api/models");
-  } catch (error) {
-    showError(error);
-    return;
-  }
-  const select = $("model");
-  select.replaceChildren(...state.models.map((m) => {
-    const option = document.createElement("option");
+  try { state.models = await api("/api/models"); } catch (error) { showError(error); return; }
+  $("model").replaceChildren(...state.models.map((m) => {
+    const option = el("option", "", `${m.name} — ${m.task}, ${m.image_size} px`);
     option.value = m.name;
-    option.textContent = `${m.name} — ${m.task}, ${m.image_size} px`;
     return option;
   }));
   selectModel(state.models[0] && state.models[0].name);
@@ -127,8 +117,7 @@ async function loadModels() {
 function selectModel(name) {
   stopPlaying();
   state.model = state.models.find((m) => m.name === name) || null;
-  state.result = null;
-  state.refs = null;
+  state.result = state.refs = null;
   render();
   if (!state.model) return;
   $("sample").disabled = !state.model.sample;
@@ -205,12 +194,8 @@ async function trySample() {
   clearError();
   setStatus("Drawing a procedural scene…", true);
   let sample;
-  try {
-    sample = await api(`/api/sample/${encodeURIComponent(state.model.name)}`);
-  } catch (error) {
-    showError(error);
-    setStatus("");
-    return;
+  try { sample = await api(`/api/sample/${encodeURIComponent(state.model.name)}`); } catch (error) {
+    showError(error); setStatus(""); return;
   }
   const blob = await (await fetch(sample.image)).blob();
   predict(blob, `sample-${sample.seed}.png`, sample.references);
