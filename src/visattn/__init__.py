@@ -10,21 +10,35 @@ The public API in one place::
     results = predictor.predict(["a.png", "b.png"])       # typed results with their attention maps
 """
 
-from visattn.attention import (
-    Attention,
-    AttentionKeys,
-    HardAttentionSample,
-    VisualAttention,
-    create_attention,
-    list_attentions,
-)
-from visattn.checkpoint import CheckpointError
-from visattn.encoders import EncoderConfig, create_encoder
-from visattn.engine import TrainConfig, fit
-from visattn.models import build_model, list_models, load
-from visattn.predictor import Predictor
-from visattn.results import CaptionHypothesis, CaptionResult, ClassifyResult, DetectResult
-from visattn.tasks import Task, get_task, list_tasks
+import importlib
+from typing import Any
+
+# Name -> module. Imported on first use (PEP 562), so that ``visattn.runtime`` runs without PyTorch:
+# importing any submodule runs this file, and every module named here imports torch.
+_EXPORTS = {
+    **dict.fromkeys(("Attention", "AttentionKeys", "HardAttentionSample", "VisualAttention", "create_attention",
+                     "list_attentions"), "visattn.attention"),
+    "CheckpointError": "visattn.checkpoint",
+    **dict.fromkeys(("EncoderConfig", "create_encoder"), "visattn.encoders"),
+    **dict.fromkeys(("TrainConfig", "fit"), "visattn.engine"),
+    **dict.fromkeys(("build_model", "list_models", "load"), "visattn.models"),
+    "Predictor": "visattn.predictor",
+    **dict.fromkeys(("CaptionHypothesis", "CaptionResult", "ClassifyResult", "DetectResult"), "visattn.results"),
+    **dict.fromkeys(("Task", "get_task", "list_tasks"), "visattn.tasks"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'visattn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = "0.1.0"
 

@@ -30,12 +30,15 @@ import warnings
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from visattn.data.core import DataError, write_atomic
+
+if TYPE_CHECKING:  # torch is imported where it is used: visattn.runtime loads images without PyTorch
+    import torch
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageLoadError", "image_to_tensor", "load_image", "save_image", "tensor_to_image",
            "to_rgb"]
@@ -195,6 +198,8 @@ def image_to_tensor(img: Image.Image, size: int | tuple[int, int] | None = None)
             raise ValueError(f"image_to_tensor size must be positive, got {size!r}")
         if img.size != (width, height):
             img = img.resize((width, height), resample=Image.Resampling.BILINEAR)
+    import torch
+
     array = np.array(img, dtype=np.uint8)  # (H, W, 3), a writable copy
     return torch.from_numpy(array).permute(2, 0, 1).contiguous().float().div_(255.0)  # (3, H, W)
 
@@ -217,6 +222,8 @@ def tensor_to_image(image: torch.Tensor | np.ndarray | Image.Image, *, clip: boo
     Raises:
         ValueError: another shape or type, or float values outside [0, 1] without ``clip``.
     """
+    import torch
+
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, torch.Tensor):
