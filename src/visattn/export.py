@@ -37,7 +37,7 @@ from visattn.checkpoint import read_checkpoint
 from visattn.heads.export_graphs import GRAPH_SIGNATURES, export_mode, graphs_for
 from visattn.models import load
 
-__all__ = ["ExportError", "export_checkpoint", "FORMATS", "EXPORT_FORMAT", "EXPORT_VERSION", "ONNX_OPSET",
+__all__ = ["ExportError", "export_checkpoint", "export_graphs", "FORMATS", "EXPORT_FORMAT", "EXPORT_VERSION", "ONNX_OPSET",
            "file_sha256"]
 
 #: ``format`` names -> file suffix of the graphs.
@@ -106,17 +106,30 @@ def _export_graph(graph: nn.Module, inputs: tuple, path: Path, *, name: str, fmt
 
 
 def _torch_export(graph: nn.Module, inputs: tuple, shapes: tuple, min_beams: int) -> torch.export.ExportedProgram:
-    """torch.export traced at 2, then run at 1 image (x ``min_beams`` beams): a program whose guards refuse
-    size 1 (the captioner step's do) is traced again with size-oblivious shapes, as the ONNX exporter traces."""
-    program = torch.export.export(graph, inputs, dynamic_shapes=shapes)
-    smallest = [x[:1, :min_beams] if x.dim() >= 2 and len(shapes[i]) == 2 else x[:1] for i, x in enumerate(inputs)]
-    try:
-        with torch.no_grad():
-            program.module()(*smallest)
-        return program
-    except Exception:  # noqa: BLE001 - a failed guard is an AssertionError or a RuntimeError, by version
-        with torch.fx.experimental._config.patch(backed_size_oblivious=True):
-            return torch.export.export(graph, inputs, dynamic_shapes=shapes)
+    """torch.export traced at 2 and checked by a run at 1 image (x ``min_beams`` beams).
+
+    A plain trace of the captioner step keeps guards that refuse one beam (B·k != B), so the step is traced
+    with size-oblivious shapes, as the ONNX exporter traces; that mode refuses the other graphs (a batch-1
+    guard in the encoder), which trace plainly. A program that fails its check is traced the other way.
+    """
+    smallest = [x[:1, :min_beams] if len(shapes[i]) == 2 else x[:1] for i, x in enumerate(inputs)]
+    step = len(shapes) > 1
+    for oblivious in (step, not step):
+        with torch.fx.experimental._config.patch(backed_size_oblivious=oblivious):
+            try:
+                program = torch.export.export(graph, inputs, dynamic_shapes=shapes)
+            except Exception:  # noqa: BLE001 - torch.export's constraint errors; the other mode may work
+                if oblivious != step:
+                    raise
+                continue
+        try:
+            with torch.no_grad():
+                program.module()(*smallest)
+            return program
+        except Exception:  # noqa: BLE001 - a failed guard is an AssertionError or a RuntimeError, by version
+            if oblivious != step:
+                raise
+    raise AssertionError("unreachable: the second mode returns or raises")
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -163,6 +176,33 @@ def _metadata(model: nn.Module, checkpoint: Any, fmt: str, files: dict[str, str]
     }
 
 
+def export_graphs(model: nn.Module, model_name: str, folder: str | os.PathLike, *, format: str = "onnx",
+                  names: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Write the graphs of an in-memory model (no ``visattn.json``) into an existing folder.
+
+    Args:
+        model: a registered model.
+        model_name: its registry name ("classifier", "detector", "captioner").
+        folder: where ``<graph><suffix>`` files go.
+        format: "onnx" or "torch-export".
+        names: only these graphs (default: all of the model's).
+
+    Returns:
+        graph name -> file name.
+    """
+    graphs = graphs_for(model, model_name)
+    suffix, min_beams = FORMATS[format], _min_beams(model, format)
+    files = {}
+    with export_mode(model):
+        examples = _example_inputs(graphs, int(model.config.image_size))
+        for name, graph in graphs.items():
+            if names is None or name in names:
+                files[name] = f"{name}{suffix}"
+                _export_graph(graph, examples[name], Path(folder) / files[name], name=name, fmt=format,
+                              min_beams=min_beams)
+    return files
+
+
 def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, format: str = "onnx",
                       force: bool = False) -> Path:
     """Export a checkpoint's model to ``out`` (module docstring).
@@ -191,21 +231,14 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, *, 
                           f"valid tasks: {', '.join(TASKS)}")
     model = load(checkpoint, task=header.task)
     try:
-        graphs = graphs_for(model, header.model)
+        graphs_for(model, header.model)
     except ValueError as err:
         raise ExportError(f"{header.path}: {err}") from None
-    suffix, min_beams = FORMATS[format], _min_beams(model, format)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        files = {}
-        with export_mode(model):
-            examples = _example_inputs(graphs, int(model.config.image_size))
-            for name, graph in graphs.items():
-                files[name] = f"{name}{suffix}"
-                _export_graph(graph, examples[name], staging / files[name], name=name, fmt=format,
-                              min_beams=min_beams)
-        meta = _metadata(model, header, format, files, min_beams)
+        files = export_graphs(model, header.model, staging, format=format)
+        meta = _metadata(model, header, format, files, _min_beams(model, format))
         (staging / "visattn.json").write_text(json.dumps(meta, indent=2) + "\n")
         _fsync_tree(staging)
         _replace_folder(staging, out)

@@ -22,7 +22,7 @@ __all__ = ["main", "build_parser"]
 
 # Each module exposes register(commands); the order is the order of --help.
 COMMAND_MODULES = ("visattn.cli.data", "visattn.cli.classify", "visattn.cli.caption", "visattn.cli.detect",
-                   "visattn.cli.demo", "visattn.cli.bench", "visattn.cli.serve")
+                   "visattn.cli.demo", "visattn.cli.bench", "visattn.cli.serve", "visattn.cli.export")
 
 log = logging.getLogger("visattn")
 
