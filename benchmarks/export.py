@@ -13,7 +13,8 @@ Each cell: one warm-up, then the three alternate (``_timing.time_alternating``),
 Then the cold start: a fresh process that loads a model and captions one PNG, ``python -m visattn.runtime``
 against ``visattn caption`` (which also draws its figure), median of ``--cold-repeats``. Without
 ``--caption-checkpoint`` / ``--classify-checkpoint`` the demo configs get random weights, the captioner's
-output layer scaled by ``--sharpness`` so that its word distributions are peaked like a trained model's.
+output layer scaled by ``--sharpness`` so that its word distributions are peaked like a trained model's, and
+its ``<end>`` made unlikely so that every caption runs ``--max-len`` steps (a trained one stops at ``<end>``).
 
 Run: ``visattn bench export [--threads-list 1 2 --batch-sizes 1 16] [--json]``.
 """
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,6 +39,7 @@ from PIL import Image
 import _timing
 from visattn.checkpoint import save_checkpoint
 from visattn.config import config_to_dict
+from visattn.data.vocab import END, PAD, START, UNK
 from visattn.export import export_checkpoint
 from visattn.heads.beam import beam_search
 from visattn.heads.classifier import ClassifierConfig
@@ -50,7 +53,9 @@ from visattn.tasks.demo import demo_model_config
 def checkpoints(folder: Path, args: argparse.Namespace) -> dict[str, Path]:
     """The two checkpoints to measure: given ones, or the demo configs with random weights."""
     paths = {}
-    for task, name, given, config in (("caption", "captioner", args.caption_checkpoint, demo_model_config()),
+    # the demo's vocabulary size: 4 special tokens and the procedural scenes' 48 words
+    caption_config = replace(demo_model_config(), vocab=[PAD, START, END, UNK] + [f"word{i}" for i in range(48)])
+    for task, name, given, config in (("caption", "captioner", args.caption_checkpoint, caption_config),
                                       ("classify", "classifier", args.classify_checkpoint, ClassifierConfig())):
         if given is not None:
             paths[task] = Path(given)
@@ -60,12 +65,13 @@ def checkpoints(folder: Path, args: argparse.Namespace) -> dict[str, Path]:
         if task == "caption":
             with torch.no_grad():
                 model.out_vocab.weight.mul_(args.sharpness)
+                model.out_vocab.bias[model.end_id] -= 100.0  # every caption runs --max-len steps
         paths[task] = save_checkpoint(folder / f"{task}.safetensors", model, task=task, model_name=name,
                                       config=config_to_dict(config))
     return paths
 
 
-def pt2_caption(folder: Path, model: torch.nn.Module, beam_size: int) -> Callable[[torch.Tensor], Any]:
+def pt2_caption(folder: Path, model: torch.nn.Module, beam_size: int, max_len: int) -> Callable[[torch.Tensor], Any]:
     """visattn's beam search around the exported encoder and step programs."""
     encoder = torch.export.load(str(folder / "encoder.pt2")).module()
     step_program = torch.export.load(str(folder / "step.pt2")).module()
@@ -82,7 +88,7 @@ def pt2_caption(folder: Path, model: torch.nn.Module, beam_size: int) -> Callabl
 
         state = (h.repeat_interleave(beam_size, 0), c.repeat_interleave(beam_size, 0))  # (B·k, D)
         return beam_search(step, state, batch_size=batch, beam_size=beam_size, start_id=model.start_id,
-                           end_id=model.end_id, max_len=model.config.max_len)
+                           end_id=model.end_id, max_len=max_len)
 
     return caption
 
@@ -94,9 +100,10 @@ def measure(task: str, paths: dict[str, Path], folders: dict[str, Path], args: a
     rows = []
     for threads in args.threads_list:
         torch.set_num_threads(threads)
-        ort = OnnxPredictor(folders["onnx"], threads=threads)
+        # no spinning: an idle ONNX Runtime worker would otherwise take a core from the PyTorch runs it alternates with
+        ort = OnnxPredictor(folders["onnx"], threads=threads, spinning=False)
         if task == "caption":
-            pt2 = pt2_caption(folders["torch-export"], model, args.beam_size)
+            pt2 = pt2_caption(folders["torch-export"], model, args.beam_size, args.max_len)
         else:
             pt2 = torch.export.load(str(folders["torch-export"] / "classifier.pt2")).module()
         for batch in args.batch_sizes:
@@ -105,7 +112,7 @@ def measure(task: str, paths: dict[str, Path], folders: dict[str, Path], args: a
             prepared = PreparedArrays(images.numpy(), [(size, size)] * batch, sources)
             torch_prepared = Prepared(images, [(size, size)] * batch, sources)
             if task == "caption":
-                options = {"beam_size": args.beam_size}
+                options = {"beam_size": args.beam_size, "max_len": args.max_len}
                 functions = {"eager": lambda: predictor.predict(torch_prepared, batch_size=batch, **options),
                              "torch_export": lambda: pt2(images),
                              "onnxruntime": lambda: ort.predict(prepared, batch_size=batch, **options)}
@@ -125,7 +132,7 @@ def measure(task: str, paths: dict[str, Path], folders: dict[str, Path], args: a
                 f"{r['runtime']} {r['ms_per_image']} ms/image" for r in rows[-3:]), file=sys.stderr)
     if task == "caption":
         with torch.inference_mode():
-            hyps = model.generate(torch.rand(16, 3, size, size), beam_size=args.beam_size)
+            hyps = model.generate(torch.rand(16, 3, size, size), beam_size=args.beam_size, max_len=args.max_len)
         rows.append({"model": task, "mean_caption_tokens": statistics.mean(len(h[0].tokens) for h in hyps)})
     return rows
 
@@ -137,10 +144,10 @@ def cold_start(paths: dict[str, Path], folder: Path, work: Path, args: argparse.
     threads = str(max(args.threads_list))
     commands = {
         "onnxruntime": [sys.executable, "-m", "visattn.runtime", str(folder), str(image), "--beam-size",
-                        str(args.beam_size), "--threads", threads],
+                        str(args.beam_size), "--max-len", str(args.max_len), "--threads", threads],
         "visattn_caption": [sys.executable, "-m", "visattn", "caption", str(image), "--checkpoint",
-                            str(paths["caption"]), "--beam-size", str(args.beam_size), "--device", "cpu",
-                            "--out", str(work / "figures")],
+                            str(paths["caption"]), "--beam-size", str(args.beam_size), "--max-len", str(args.max_len),
+                            "--device", "cpu", "--out", str(work / "figures")],
     }
     times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(args.cold_repeats):
@@ -162,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--caption-checkpoint", default=None, help="a trained captioner (default: demo config)")
     parser.add_argument("--classify-checkpoint", default=None, help="a trained classifier (default: demo config)")
     parser.add_argument("--beam-size", type=int, default=3, help="(default: 3)")
+    parser.add_argument("--max-len", type=int, default=12,
+                        help="tokens per caption; the random captioner never ends earlier (default: 12, about the "
+                             "demo's caption length)")
     parser.add_argument("--threads-list", type=int, nargs="+", default=[1, 2], help="(default: 1 2)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16], help="(default: 1 16)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per cell (default: 5)")

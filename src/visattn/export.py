@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -37,8 +38,8 @@ from visattn.checkpoint import read_checkpoint
 from visattn.heads.export_graphs import GRAPH_SIGNATURES, export_mode, graphs_for
 from visattn.models import load
 
-__all__ = ["ExportError", "export_checkpoint", "export_graphs", "FORMATS", "EXPORT_FORMAT", "EXPORT_VERSION", "ONNX_OPSET",
-           "file_sha256"]
+__all__ = ["ExportError", "export_checkpoint", "export_graphs", "FORMATS", "EXPORT_FORMAT", "EXPORT_VERSION",
+           "ONNX_OPSET", "file_sha256"]
 
 #: ``format`` names -> file suffix of the graphs.
 FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
@@ -100,8 +101,15 @@ def _export_graph(graph: nn.Module, inputs: tuple, path: Path, *, name: str, fmt
     import onnx
 
     # the module, not a program captured here: the ONNX exporter's own capture also handles the multi-head step
-    torch.onnx.export(graph, inputs, str(path), dynamo=True, opset_version=ONNX_OPSET, input_names=list(input_names),
-                      output_names=list(output_names), dynamic_shapes=shapes, external_data=False, verbose=False)
+    optimizer_log = logging.getLogger("onnxscript")
+    level = optimizer_log.level
+    optimizer_log.setLevel(max(level, logging.WARNING))  # its INFO lines report every folded constant
+    try:
+        torch.onnx.export(graph, inputs, str(path), dynamo=True, opset_version=ONNX_OPSET,
+                          input_names=list(input_names), output_names=list(output_names), dynamic_shapes=shapes,
+                          external_data=False, verbose=False)
+    finally:
+        optimizer_log.setLevel(level)
     onnx.checker.check_model(onnx.load(str(path)))
 
 

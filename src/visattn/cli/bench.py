@@ -20,7 +20,7 @@ __all__ = ["register", "BENCHMARKS", "find_benchmarks", "run_bench"]
 
 # command name -> script in benchmarks/
 BENCHMARKS = {"caption-train": "caption_train", "beam": "beam", "cache": "cache", "data": "data_pipeline",
-              "train-step": "train_step", "serve": "serve"}
+              "train-step": "train_step", "serve": "serve", "export": "export"}
 
 
 def register(commands: dict) -> None:
@@ -29,8 +29,8 @@ def register(commands: dict) -> None:
         description="Speed benchmarks, measured side by side with a textbook reference in the same run: "
                     "caption-train (one training step), beam (batched beam search), cache (epoch from the "
                     "feature cache), data (input pipeline), train-step (each task's engine step: eager, "
-                    "compiled, host syncs), serve (visattn serve over HTTP vs the Predictor). Runs "
-                    "benchmarks/<name>.py of a source checkout; "
+                    "compiled, host syncs), serve (visattn serve over HTTP vs the Predictor), export "
+                    "(ONNX Runtime vs eager vs torch.export). Runs benchmarks/<name>.py of a source checkout; "
                     "'visattn bench NAME --help' lists a benchmark's options.")
     bench.add_argument("benchmark", choices=sorted(BENCHMARKS), help="which benchmark")
     bench.add_argument("options", nargs=argparse.REMAINDER, help="options of the benchmark script")

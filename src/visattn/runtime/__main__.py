@@ -30,12 +30,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", help="image files")
     parser.add_argument("--beam-size", type=int, default=None, help="caption: beams (default 3)")
     parser.add_argument("--n-best", type=int, default=None, help="caption: hypotheses per image (default 1)")
+    parser.add_argument("--max-len", type=int, default=None, help="caption: most tokens (default: the model's)")
     parser.add_argument("--top-k", type=int, default=None, help="classify/detect: kept classes or detections")
     parser.add_argument("--score-threshold", type=float, default=None, help="detect: minimum score (default 0.5)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads (default: one per core)")
     parser.add_argument("--json", action="store_true", help="one JSON object per image")
     args = parser.parse_args(argv)
-    options = {k: v for k, v in (("beam_size", args.beam_size), ("n_best", args.n_best), ("top_k", args.top_k),
+    options = {k: v for k, v in (("beam_size", args.beam_size), ("n_best", args.n_best), ("max_len", args.max_len),
+                                 ("top_k", args.top_k),
                                  ("score_threshold", args.score_threshold)) if v is not None}
     try:
         predictor = OnnxPredictor(args.folder, threads=args.threads)

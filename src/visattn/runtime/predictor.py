@@ -143,12 +143,14 @@ class OnnxPredictor:
     Args:
         folder: written by ``visattn export --format onnx``.
         threads: ONNX Runtime intra-op threads (None: its default, one per core).
+        spinning: let idle worker threads spin for the next call (ONNX Runtime's default, lowest latency);
+            False frees their cores between calls, for machines shared with other work.
 
     Raises:
         ExportFolderError: see :func:`read_export`; also a graph ONNX Runtime cannot load.
     """
 
-    def __init__(self, folder: str | os.PathLike, *, threads: int | None = None) -> None:
+    def __init__(self, folder: str | os.PathLike, *, threads: int | None = None, spinning: bool = True) -> None:
         import onnxruntime as ort
 
         self.folder = Path(folder)
@@ -161,6 +163,8 @@ class OnnxPredictor:
         if threads is not None:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        if not spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {}
         for name in TASK_GRAPHS[self.task]:
             path = self.folder / self.meta["graphs"][name]["file"]
