@@ -148,7 +148,7 @@ def test_captioner_graphs_match_decoder_step_with_every_scoring_function(root, a
     for batch, beams in sizes:
         compare_step(model, pt2_runner(folder, "encoder"), pt2_runner(folder, "step"), batch, beams)
     if (attention, mode) == ("additive", "soft"):
-        return  # its ONNX graphs run in tests/test_runtime.py: captions identical to generate, results to the Predictor's
+        return  # its ONNX graphs run in tests/test_runtime.py (captions identical to generate's)
     onnx_folder = root / f"cap-{attention}-{mode}-onnx"
     onnx_folder.mkdir()
     export_graphs(model, "captioner", onnx_folder, format="onnx", names=("step",))

@@ -237,7 +237,8 @@ def test_runtime_runs_with_torch_blocked(exports, root, scene_images):
     assert done.returncode == 0, done.stderr
     expected = [r.to_dict() for r in OnnxPredictor(folder, threads=1).predict(files, beam_size=3)]
     assert json.loads(done.stdout) == expected
-    cli = subprocess.run([sys.executable, "-m", "visattn.runtime", str(folder), str(files[0]), "--json", "--threads", "1"],
+    cli = subprocess.run([sys.executable, "-m", "visattn.runtime", str(folder), str(files[0]), "--json", "--threads",
+                          "1"],
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     compare(expected[0], json.loads(cli.stdout))
@@ -265,7 +266,10 @@ def test_bad_folders_and_inputs_give_one_line_errors_naming_the_file(exports, ro
     with pytest.raises(ExportFolderError, match=r"nowhere/visattn.json: not found"):
         OnnxPredictor(root / "nowhere")
     predictor = OnnxPredictor(exports["classify"][1])
-    with pytest.raises(ValueError, match=r"<image 1>: expected an RGB image array of shape \(3, H, W\), got \(4, 24, 24\)"):
+    odd = np.random.default_rng(0).random((3, 30, 41), dtype=np.float32)  # resized with Pillow
+    assert predictor.predict(odd)[0].image_size == (30, 41)
+    with pytest.raises(ValueError, match=r"<image 1>: expected an RGB image array of shape \(3, H, W\), "
+                                         r"got \(4, 24, 24\)"):
         predictor.predict([np.zeros((3, 24, 24), np.float32), np.zeros((4, 24, 24), np.float32)])
     with pytest.raises(ImageLoadError, match=r"missing.png: file not found"):
         predictor.predict(root / "missing.png")

@@ -112,8 +112,8 @@ def _array_image(image: np.ndarray, size: int, name: str) -> np.ndarray:
         raise ValueError(f"{name}: expected an RGB image array of shape (3, H, W), got {tuple(image.shape)}")
     image = image.astype(np.float32) / np.float32(255.0) if image.dtype == np.uint8 else image.astype(np.float32)
     if image.shape[1:] != (size, size):
-        channels = [np.asarray(Image.fromarray(channel, mode="F").resize((size, size), Image.Resampling.BILINEAR))
-                    for channel in image]  # (H, W) each -> (S, S)
+        channels = [np.asarray(Image.fromarray(np.ascontiguousarray(channel)).resize(  # float32 -> mode "F"
+            (size, size), Image.Resampling.BILINEAR)) for channel in image]  # (H, W) each -> (S, S)
         image = np.clip(np.stack(channels), 0.0, 1.0)
     return image
 
