@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from visattn.cli.common import CliError
+from visattn.cli.common import CliError, HelpFormatter
 
 __all__ = ["register", "run_export"]
 
@@ -19,7 +19,7 @@ def register(commands: dict) -> None:
                     "detector: one graph; captioner: 'encoder' (once per image) and 'step' (one decoding step of "
                     "B images x k beams), so beam search runs outside the graph. Run ONNX exports without PyTorch: "
                     "python -m visattn.runtime DIR IMAGE...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     export.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint written by visattn")
     export.add_argument("--format", choices=["onnx", "torch-export"], default="onnx",
                         help="onnx: .onnx graphs for ONNX Runtime; torch-export: .pt2 ExportedPrograms")
