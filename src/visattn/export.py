@@ -66,7 +66,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def _example_inputs(graphs: dict[str, nn.Module], image_size: int) -> dict[str, tuple[torch.Tensor, ...]]:
     """Inputs at 2 images (x 2 beams for the step), from the graphs themselves."""
-    images = torch.rand(EXAMPLE_BATCH, 3, image_size, image_size)
+    generator = torch.Generator().manual_seed(0)  # the caller's random state stays untouched
+    images = torch.rand(EXAMPLE_BATCH, 3, image_size, image_size, generator=generator)
     if "encoder" not in graphs:
         return {name: (images,) for name in graphs}
     with torch.no_grad():
@@ -117,8 +118,8 @@ def _torch_export(graph: nn.Module, inputs: tuple, shapes: tuple, min_beams: int
     """torch.export traced at 2 and checked by a run at 1 image (x ``min_beams`` beams).
 
     A plain trace of the captioner step keeps guards that refuse one beam (B·k != B), so the step is traced
-    with size-oblivious shapes, as the ONNX exporter traces; that mode refuses the other graphs (a batch-1
-    guard in the encoder), which trace plainly. A program that fails its check is traced the other way.
+    with size-oblivious shapes, as the ONNX exporter traces; that mode refuses the classifier and the detector
+    (a batch != 1 guard), which trace plainly. A program that fails its check is traced the other way.
     """
     smallest = [x[:1, :min_beams] if len(shapes[i]) == 2 else x[:1] for i, x in enumerate(inputs)]
     step = len(shapes) > 1
