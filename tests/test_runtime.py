@@ -279,3 +279,30 @@ def test_bad_folders_and_inputs_give_one_line_errors_naming_the_file(exports, ro
                          text=True, timeout=120)
     assert cli.returncode == 1 and cli.stderr.strip().splitlines() == [
         f"visattn.runtime: error: {broken / 'step.onnx'}: missing 'step' graph of this export"]
+
+
+def test_serve_runs_an_onnx_export_through_the_same_api(exports, root, scene_images, capsys):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("python_multipart")
+    from fastapi.testclient import TestClient
+
+    from visattn.cli import build_parser
+    from visattn.cli.serve import _onnx_predictor
+    from visattn.serve import create_app
+
+    args = build_parser().parse_args(["serve", "--runtime", "onnx", "--checkpoint", str(exports["caption"][1])])
+    assert args.runtime == "onnx"
+    predictor = _onnx_predictor(exports["caption"][1])
+    path = root / "served.png"
+    Image.fromarray((scene_images[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+    with TestClient(create_app({"cap": predictor}, workers=1, queue_size=4)) as client:
+        models = client.get("/api/models").json()
+        response = client.post("/api/predict/cap", files={"file": ("served.png", path.read_bytes(), "image/png")},
+                               data={"beam_size": "3", "n_best": "2"})
+    assert response.status_code == 200, response.text
+    assert any(m["name"] == "cap" and m["task"] == "caption" for m in (models if isinstance(models, list)
+                                                                       else models.get("models", [])))
+    body = response.json()
+    expected = predictor.predict(path, beam_size=3, n_best=2)[0].to_dict()
+    assert body.pop("model") == "cap"
+    compare(expected, {**body, "source": expected["source"]})

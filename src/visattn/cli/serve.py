@@ -28,6 +28,9 @@ def register(commands: dict) -> None:
     serve.add_argument("--checkpoint", action="append", required=True, metavar="[NAME=]PATH",
                        help="a .safetensors checkpoint; repeat for several models. NAME (default: the model's "
                             "registry name) is how URLs call it")
+    serve.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                       help="torch: checkpoints with PyTorch; onnx: each --checkpoint is a folder written by "
+                            "`visattn export --format onnx`, run by ONNX Runtime (default: torch)")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on; anything but loopback exposes the models to your network "
                             "(default: 127.0.0.1)")
@@ -85,6 +88,15 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _onnx_predictor(folder: Path):
+    try:
+        from visattn.runtime import OnnxPredictor
+    except ImportError as error:
+        raise CliError(f"visattn serve --runtime onnx needs the 'export' extra ({error.name} is missing): "
+                       "pip install 'visattn[export]'") from None
+    return OnnxPredictor(folder)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -101,7 +113,10 @@ def run_serve(args: argparse.Namespace) -> int:
     paths: dict[str, Path] = {}
     for spec in args.checkpoint:
         name, path = parse_checkpoint_spec(spec)
-        predictor = Predictor.from_checkpoint(path, device=args.device)
+        if args.runtime == "onnx":
+            predictor = _onnx_predictor(path)
+        else:
+            predictor = Predictor.from_checkpoint(path, device=args.device)
         if name is None:
             name, count = predictor.model_name, 2
             while name in predictors:

@@ -156,6 +156,7 @@ class OnnxPredictor:
         self.folder = Path(folder)
         self.meta = read_export(self.folder)
         self.task: str = self.meta["task"]
+        self.model_name: str = self.meta["model"]
         self.image_size = int(self.meta["image_size"])
         self.grid = tuple(int(v) for v in self.meta["grid"])
         options = ort.SessionOptions()
