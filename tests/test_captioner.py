@@ -9,7 +9,7 @@ import torch
 from visattn.checkpoint import save_checkpoint
 from visattn.config import config_to_dict
 from visattn.heads.beam import beam_search, greedy_search
-from visattn.heads.captioner import Captioner, CaptionerConfig
+from visattn.heads.captioner import PRESETS, Captioner, CaptionerConfig
 from visattn.heads.variants import TINY_VOCAB
 from visattn.models import build_model, load
 
@@ -25,6 +25,7 @@ def images(n: int = 3, seed: int = 1) -> torch.Tensor:
 
 VARIANTS = [
     dict(),
+    {k: v for k, v in PRESETS["paper"].items() if k not in ("dropout", "alpha_c")},  # the paper-faithful choices
     dict(deep_output=False),
     dict(gate="channel"),
     dict(gate="none"),
@@ -36,7 +37,7 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "paper")
+@pytest.mark.parametrize("overrides", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
 def test_shapes_invariants_and_every_parameter_learns(overrides, tiny_captioner):
     model = tiny_captioner(alpha_c=0.5, **overrides).train()
     out = model(images(), tokens=TOKENS)
@@ -56,9 +57,10 @@ def test_shapes_invariants_and_every_parameter_learns(overrides, tiny_captioner)
     expected = {"loss", "loss_ce", "loss_attention_reg"}
     if overrides.get("attention_mode") == "hard":
         expected |= {"loss_reinforce", "loss_entropy"}
-    assert set(terms) == expected
+    assert set(terms) == expected and set(model.weight_dict) == expected - {"loss"}
     assert all(bool(torch.isfinite(v)) for v in terms.values())
-    torch.testing.assert_close(terms["loss"], sum(v for k, v in terms.items() if k != "loss"))
+    # DETR style: unweighted named terms, combined by the model's weight dict
+    torch.testing.assert_close(terms["loss"], sum(model.weight_dict[k] * v for k, v in terms.items() if k != "loss"))
     terms["loss"].backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
     assert not missing, f"parameters without gradient: {missing}"
@@ -125,8 +127,11 @@ def test_regulariser_matches_hand_computation(tiny_captioner):
             coverage = sum(float(alpha[b, t, i]) for t in range(steps))
             total += (1.0 - coverage) ** 2
         per_caption.append(total)
-    expected = 0.7 * sum(per_caption) / len(per_caption)
-    assert float(model.loss(out, TOKENS)["loss_attention_reg"].detach()) == pytest.approx(expected, rel=1e-5)
+    expected = sum(per_caption) / len(per_caption)  # the term is unweighted; alpha_c weighs it in the total
+    terms = model.loss(out, TOKENS)
+    assert float(terms["loss_attention_reg"].detach()) == pytest.approx(expected, rel=1e-5)
+    assert model.weight_dict["loss_attention_reg"] == 0.7
+    assert float(terms["loss"].detach()) == pytest.approx(float(terms["loss_ce"].detach()) + 0.7 * expected, rel=1e-5)
 
 
 def test_cross_entropy_ignores_pads_and_extra_padding_changes_nothing(tiny_captioner):
@@ -205,7 +210,8 @@ def test_config_validation(overrides, match):
 
 
 def test_hard_attention_samples_and_updates_the_baseline(tiny_captioner):
-    model = tiny_captioner(attention_mode="hard", hard_expected_context_prob=0.0, hard_baseline_decay=0.9).train()
+    model = tiny_captioner(attention_mode="hard", hard_expected_context_prob=0.0, hard_baseline_decay=0.9,
+                 hard_reward="caption", hard_baseline="moving_average").train()  # the paper's estimator
     out = model(images(), tokens=TOKENS)
     index, alpha = out["attention_index"], out["attention"].flatten(2)
     assert index.shape == (3, 5) and bool(((index >= 0) & (index < 16)).all())
@@ -221,7 +227,8 @@ def test_hard_attention_samples_and_updates_the_baseline(tiny_captioner):
     valid = TOKENS[:, 1:] != PAD
     log_prob = (out["attention_log_prob"] * valid).sum(dim=1)
     torch.testing.assert_close(terms["loss_reinforce"], -((reward - first) * log_prob).sum() / 11)
-    torch.testing.assert_close(terms["loss_entropy"], -0.01 * (out["attention_entropy"] * valid).sum() / 11)
+    torch.testing.assert_close(terms["loss_entropy"], -(out["attention_entropy"] * valid).sum() / 11)
+    assert model.weight_dict["loss_entropy"] == 0.01
     assert float(terms["loss_entropy"].detach()) < 0  # an entropy bonus lowers the loss
     out2 = model(images(), tokens=TOKENS)
     terms2 = model.loss(out2, TOKENS)
@@ -403,3 +410,36 @@ def test_captions_without_targets_cost_nothing_and_break_nothing(tiny_captioner)
     # lengths longer than the tokens are clipped to them
     same = model.eval()(images(2), tokens=mixed, lengths=torch.tensor([1, 9]))
     assert same["mask"].tolist() == [[False] * 3, [True] * 3]
+
+
+def test_presets_name_whole_configurations():
+    paper = CaptionerConfig.preset("paper", vocab=VOCAB)
+    assert (paper.gate, paper.deep_output, paper.init_activation) == ("scalar", True, "tanh")
+    assert paper.vocab == VOCAB  # overrides on top of the preset
+    assert CaptionerConfig.preset("default") == CaptionerConfig()
+    with pytest.raises(ValueError, match="unknown preset 'fast'; valid: paper, default"):
+        CaptionerConfig.preset("fast")
+    for overrides, match in ((dict(hard_baseline="moving_average"), "needs hard_baseline='batch'"),
+                             (dict(init_activation="relu"), "init_activation"), (dict(init_scheme="xavier"), "init_scheme")):
+        with pytest.raises(ValueError, match=match):
+            CaptionerConfig(**overrides)
+
+
+def test_hard_reward_to_go_with_the_batch_baseline_by_hand(tiny_captioner):
+    model = tiny_captioner(attention_mode="hard", hard_expected_context_prob=0.0).train()  # defaults: to_go, batch
+    out = model(images(), tokens=TOKENS)
+    terms = model.loss(out, TOKENS)
+    valid = (TOKENS[:, 1:] != PAD).float()
+    ce = torch.nn.functional.cross_entropy(out["logits"].flatten(0, 1), TOKENS[:, 1:].flatten(), ignore_index=PAD,
+                                           reduction="none").view(3, -1).detach()
+    expected = 0.0
+    for b in range(3):
+        for t in range(5):
+            if not valid[b, t]:
+                continue
+            to_go = lambda row: -float(ce[row, t:].sum())  # noqa: E731  (log-likelihood of the words still ahead)
+            others = [to_go(r) for r in range(3) if r != b and valid[r, t]]
+            advantage = to_go(b) - sum(others) / len(others) if others else 0.0
+            expected -= advantage * float(out["attention_log_prob"][b, t].detach())
+    assert float(terms["loss_reinforce"].detach()) == pytest.approx(expected / 11, rel=1e-4, abs=1e-6)
+    assert int(model.reward_baseline_updates) == 0  # the batch baseline keeps no running state

@@ -34,7 +34,8 @@ import numpy as np
 
 from visattn.data.sprites import CLASS_NAMES, COLOUR_NAMES, PLURAL_NAMES
 
-__all__ = ["FUNCTION_WORDS", "SIZE_WORDS", "VOCABULARY", "describe_scene", "spatial_relation"]
+__all__ = ["CLASS_NAMES", "COLOUR_NAMES", "COUNT_WORDS", "FUNCTION_WORDS", "PLURAL_NAMES", "SIZE_WORDS",
+           "VOCABULARY", "describe_scene", "spatial_relation"]
 
 FUNCTION_WORDS: tuple[str, ...] = (
     "a", "an", "and", "the", "there", "is", "are", "to", "of", "left", "right", "above", "below",
@@ -44,7 +45,9 @@ VOCABULARY: tuple[str, ...] = (
     FUNCTION_WORDS + SIZE_WORDS + COLOUR_NAMES + CLASS_NAMES + tuple(PLURAL_NAMES[name] for name in CLASS_NAMES)
 )
 """Every word a scene caption can contain (count words two/three/four are also digit names)."""
-_COUNT_WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
+COUNT_WORDS: dict[int, str] = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
+"""Count words of the count template ("two blue circles"); they are digit class names too."""
+_COUNT_WORDS = COUNT_WORDS
 
 Token = tuple[str, int]  # (word, object index or -1)
 

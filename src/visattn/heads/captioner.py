@@ -26,107 +26,20 @@ context, so decoding is deterministic.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from visattn.attention import AttentionKeys, attention_class, create_attention, list_attentions
-from visattn.encoders import EncoderConfig, create_encoder
+from visattn.attention import AttentionKeys, create_attention
+from visattn.encoders import create_encoder
+from visattn.heads.attention_supervision import loss_attention_sup
 from visattn.heads.beam import Hypothesis, beam_search, check_decoding_args, expand_for_beams, greedy_search
+from visattn.heads.captioner_config import PRESETS, CaptionerConfig
 from visattn.heads.recurrence import RunningBatch, StepLinear
 from visattn.models import register_model
 
-__all__ = ["Captioner", "CaptionerConfig"]
-
-_SPECIALS = ("<pad>", "<start>", "<end>", "<unk>")
-
-
-@dataclass
-class CaptionerConfig:
-    """Everything needed to rebuild a :class:`Captioner`.
-
-    Attributes:
-        encoder: the image encoder.
-        vocab: the token list, index = id; ``<pad>`` at 0, and ``<start>``, ``<end>`` somewhere in it.
-        attention: a :func:`visattn.attention.create_attention` name, or "none" for the Show and Tell
-            baseline (mean-pooled features fed at every step; uniform attention maps).
-        attention_mode: "soft" (deterministic, §4.2) or "hard" (stochastic, §4.1; single-head scoring only).
-        attention_dim, decoder_dim, embed_dim: widths A (attention MLP), D (LSTM) and E (word embedding).
-        dropout: before the vocabulary projection.
-        gate: "scalar" (the paper's β = σ(f_β(h))), "channel" (one gate per context channel, as in common
-            re-implementations) or "none".
-        deep_output: the paper's deep output layer (eq. 7); False = a linear layer on h_t.
-        alpha_c: λ of the doubly stochastic regulariser λ·Σ_i (1 − Σ_t α_ti)² (see :meth:`Captioner.loss`).
-        hard_reinforce, hard_entropy: λ_r and λ_e of the hard-attention objective (§4.1).
-        hard_baseline_decay: b ← decay·b + (1 − decay)·log p(y | s, a), per training batch.
-        hard_expected_context_prob: per training batch, the probability of using the expected context.
-        scheduled_sampling: per step and caption, the probability of feeding the model's own most likely
-            previous word instead of the true one (training only).
-        max_len: default number of tokens :meth:`Captioner.generate` may produce (``<end>`` included).
-        image_size: the square side images were trained at; ``visattn caption`` and ``eval`` resize to it.
-    """
-
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    vocab: list[str] = field(default_factory=lambda: list(_SPECIALS))  # a real vocab comes from the data
-    attention: str = "additive"
-    attention_mode: str = "soft"
-    attention_dim: int = 256
-    decoder_dim: int = 512
-    embed_dim: int = 256
-    dropout: float = 0.5
-    gate: str = "scalar"
-    deep_output: bool = True
-    # 0 (off) by default. With per-token cross entropy, the paper's λ = 1 on a per-caption sum is about
-    # λ = 1 / words per caption here; and on small grids (64 cells, ~15 words) any λ pulls attention onto
-    # the background: our prototype's attention correctness fell from 0.46 (λ = 0) to 0.21 (λ = 1).
-    # Scaling the target 1 to T/L would not help: Σ_i Σ_t α_ti = T is fixed, so the target only shifts
-    # the loss by a constant and leaves its gradient unchanged. Use ~0.1 on COCO-sized grids to follow the paper.
-    alpha_c: float = 0.0
-    hard_reinforce: float = 1.0
-    hard_entropy: float = 0.01  # the paper's λ_e
-    hard_baseline_decay: float = 0.9  # the paper's moving average
-    hard_expected_context_prob: float = 0.5  # the paper's trick (§4.1)
-    scheduled_sampling: float = 0.0
-    max_len: int = 20
-    image_size: int = 64
-
-    def __post_init__(self) -> None:
-        for name in ("attention_dim", "decoder_dim", "embed_dim", "max_len", "image_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"CaptionerConfig.{name}: expected an int >= 1, got {value!r}")
-        if not isinstance(self.vocab, (list, tuple)) or not all(isinstance(t, str) for t in self.vocab):
-            raise ValueError("CaptionerConfig.vocab: expected a list of token strings")
-        self.vocab = list(self.vocab)
-        if not self.vocab or self.vocab[0] != "<pad>":
-            raise ValueError(f"CaptionerConfig.vocab: '<pad>' must be token 0, got {self.vocab[:1]}")
-        for token in ("<start>", "<end>"):
-            if token not in self.vocab:
-                raise ValueError(f"CaptionerConfig.vocab: has no {token!r} token")
-        if len(set(self.vocab)) != len(self.vocab):
-            raise ValueError("CaptionerConfig.vocab: duplicate tokens")
-        valid = list_attentions() + ["none"]
-        if self.attention not in valid:
-            raise ValueError(f"CaptionerConfig.attention: unknown {self.attention!r}; valid: {', '.join(valid)}")
-        if self.attention_mode not in ("soft", "hard"):
-            raise ValueError(f"CaptionerConfig.attention_mode: expected 'soft' or 'hard', got {self.attention_mode!r}")
-        if self.attention_mode == "hard" and (self.attention == "none"
-                                              or not attention_class(self.attention).supports_sampling):
-            able = [name for name in list_attentions() if attention_class(name).supports_sampling]
-            raise ValueError(f"CaptionerConfig: hard attention needs a single-head scoring function that can "
-                             f"sample, not {self.attention!r}; valid: {', '.join(able)}")
-        if self.gate not in ("scalar", "channel", "none"):
-            raise ValueError(f"CaptionerConfig.gate: expected 'scalar', 'channel' or 'none', got {self.gate!r}")
-        for name in ("dropout", "hard_expected_context_prob", "scheduled_sampling", "hard_baseline_decay"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0 or (name == "dropout" and value == 1.0):
-                raise ValueError(f"CaptionerConfig.{name}: expected a probability, got {value!r}")
-        for name in ("alpha_c", "hard_reinforce", "hard_entropy"):
-            if not getattr(self, name) >= 0.0:
-                raise ValueError(f"CaptionerConfig.{name}: expected a weight >= 0, got {getattr(self, name)!r}")
-
+__all__ = ["Captioner", "CaptionerConfig", "PRESETS"]
 
 @register_model("captioner", CaptionerConfig, task="caption")
 class Captioner(nn.Module):
@@ -159,6 +72,10 @@ class Captioner(nn.Module):
             self.out_context = nn.Linear(context_dim, embed, bias=False)  # L_z
         self.dropout = nn.Dropout(config.dropout)
         self.out_vocab = nn.Linear(embed if config.deep_output else dim, vocab_size)  # L_o
+        if config.init_scheme == "uniform":
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+            nn.init.uniform_(self.out_vocab.weight, -0.1, 0.1)
+            nn.init.zeros_(self.out_vocab.bias)
         if config.attention_mode == "hard":
             self.register_buffer("reward_baseline", torch.zeros(()))
             self.register_buffer("reward_baseline_updates", torch.zeros((), dtype=torch.long))
@@ -188,7 +105,10 @@ class Captioner(nn.Module):
 
     def _init_state(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mean = features.mean(dim=1)  # (B, C)
-        return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean)), mean
+        h, c = self.init_h(mean), self.init_c(mean)
+        if self.config.init_activation == "tanh":
+            h, c = torch.tanh(h), torch.tanh(c)
+        return h, c, mean
 
     def _gated(self, context: Tensor, h: Tensor, gate: StepLinear | None = None) -> tuple[Tensor, Tensor | None]:
         """ẑ_t = β_t · z_t with β_t = σ(f_β(h_{t-1})): (B, C'), and β (B, 1) / (B, C') or None."""
@@ -322,24 +242,41 @@ class Captioner(nn.Module):
                 ("attention_index", indices), ("attention_log_prob", log_probs), ("attention_entropy", entropies))})
         return outputs
 
-    def loss(self, outputs: dict[str, Tensor], tokens: Tensor, *,
-             num_targets: Tensor | float | None = None) -> dict[str, Tensor]:
-        """Training objective from :meth:`forward`'s outputs.
+    @property
+    def weight_dict(self) -> dict[str, float]:
+        """The weight of each loss term of :meth:`loss` in the total (DETR's ``weight_dict``)."""
+        weights = {"loss_ce": 1.0, "loss_attention_reg": self.config.alpha_c}
+        if self.config.attention_supervision > 0:
+            weights["loss_attention_sup"] = self.config.attention_supervision
+        if self.config.attention_mode == "hard":
+            weights.update(loss_reinforce=self.config.hard_reinforce, loss_entropy=self.config.hard_entropy)
+        return weights
 
-        With N real target tokens in the batch (``mask``; or ``num_targets`` when given: data-parallel
-        training passes the count over all ranks divided by the world size, so that the averaged gradient
-        is the gradient of the per-token mean over the global batch, whatever each rank's share of tokens):
+    def loss(self, outputs: dict[str, Tensor], tokens: Tensor, *, num_targets: Tensor | float | None = None,
+             attention_targets: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Training objective from :meth:`forward`'s outputs: named terms and their weighted sum.
+
+        Every ``loss_*`` term is returned unweighted; ``loss`` is ``Σ weight_dict[k] · terms[k]``
+        (:attr:`weight_dict`, from the config). With N real target tokens in the batch (``mask``; or
+        ``num_targets`` when given: data-parallel training passes the count over all ranks divided by the
+        world size, so that the averaged gradient is the gradient of the per-token mean over the global
+        batch, whatever each rank's share of tokens):
 
         - ``loss_ce``: cross entropy averaged over the N real targets (pads ignored).
-        - ``loss_attention_reg``: ``alpha_c · mean_b Σ_i (1 − Σ_t α_bti)²``: the sum over steps runs over
-          caption b's true length only, then a sum over locations per caption, then the mean over the batch.
-          Zero for ``attention="none"`` (nothing to regularise).
+        - ``loss_attention_reg``: ``mean_b Σ_i (1 − Σ_t α_bti)²``, weight ``alpha_c``: the sum over steps runs
+          over caption b's true length only, then a sum over locations per caption, then the mean over the
+          batch. Zero for ``attention="none"`` or ``alpha_c = 0`` (not computed).
+        - ``loss_attention_sup`` (only when ``attention_supervision > 0``): mean over aligned words of
+          −log(attention mass inside the word's object), see :mod:`visattn.heads.attention_supervision`;
+          ``attention_targets`` is :func:`~visattn.heads.attention_supervision.attention_targets` of the batch.
         - hard attention only (zero on batches that used the expected context): ``loss_reinforce`` =
-          ``−λ_r Σ_b (r_b − baseline) Σ_t log p(s_bt) / N`` with reward ``r_b = log p(y_b | s_b, a_b)``
-          (the caption's summed log-likelihood, detached) and ``loss_entropy`` = ``−λ_e Σ_bt H[s_bt] / N``:
-          the paper's per-caption sums, divided by N like the cross entropy so their ratio is the paper's.
-          A training call updates the moving-average baseline (the first update sets it to the batch mean).
-        - ``loss``: the sum of the terms above.
+          ``−Σ_b (r_b − b_b) Σ_t log p(s_bt) / N`` with reward ``r_b = log p(y_b | s_b, a_b)`` (the caption's
+          summed log-likelihood, detached) and baseline ``b_b`` (``hard_baseline``), and ``loss_entropy`` =
+          ``−Σ_bt H[s_bt] / N``: the paper's per-caption sums, divided by N like the cross entropy so their
+          ratio is the paper's. A training call updates the moving-average baseline.
+
+        Raises:
+            ValueError: tokens that do not match the outputs, or attention supervision on without targets.
         """
         mask, index = outputs["mask"], outputs["real_index"]
         batch, steps = mask.shape
@@ -358,21 +295,40 @@ class Captioner(nn.Module):
         if self.attention is not None and self.config.alpha_c > 0:
             alpha = outputs["attention"].flatten(2).float()  # (B, T-1, H', W') -> (B, T-1, L)
             coverage = (alpha * mask.unsqueeze(-1)).sum(dim=1)  # (B, L): Σ_t over the true length
-            terms["loss_attention_reg"] = self.config.alpha_c * (1.0 - coverage).pow(2).sum(dim=1).mean()
+            terms["loss_attention_reg"] = (1.0 - coverage).pow(2).sum(dim=1).mean()
         else:
             terms["loss_attention_reg"] = zero
+        if self.config.attention_supervision > 0:
+            if attention_targets is None:
+                raise ValueError("Captioner.loss: attention_supervision > 0 needs attention_targets (word-to-object "
+                                 "alignments, visattn.heads.attention_supervision.attention_targets); this data "
+                                 "has none, so set attention_supervision=0")
+            terms["loss_attention_sup"] = loss_attention_sup(outputs["attention"], attention_targets)
         if self.config.attention_mode == "hard":
             terms["loss_reinforce"], terms["loss_entropy"] = zero, zero
             if "attention_log_prob" in outputs:
-                reward = -token_ce.detach().sum(dim=1)  # (B,) log p(y | s, a)
-                baseline = self._baseline(reward)
-                log_prob = (outputs["attention_log_prob"] * mask).sum(dim=1)  # (B,)
-                advantage = reward - baseline  # (B,)
-                terms["loss_reinforce"] = -self.config.hard_reinforce * (advantage * log_prob).sum() / num_targets
+                terms["loss_reinforce"] = self._reinforce(outputs, token_ce.detach(), mask, num_targets)
                 entropy = (outputs["attention_entropy"] * mask).sum()
-                terms["loss_entropy"] = -self.config.hard_entropy * entropy / num_targets
-        terms["loss"] = sum(terms.values())
-        return {"loss": terms.pop("loss"), **terms}
+                terms["loss_entropy"] = -entropy / num_targets
+        weights = self.weight_dict
+        total = sum(weights[name] * value for name, value in terms.items())
+        return {"loss": total, **terms}
+
+    def _reinforce(self, outputs: dict[str, Tensor], token_ce: Tensor, mask: Tensor, num_targets) -> Tensor:
+        """``−Σ_bt A_bt log p(s_bt) / N`` with the advantage A of ``hard_reward`` and ``hard_baseline``."""
+        log_likelihood = -token_ce  # (B, T-1) log p(y_t | ...), 0 on pads
+        if self.config.hard_reward == "to_go":
+            reward = log_likelihood.flip(1).cumsum(1).flip(1)  # (B, T-1): Σ_{t' >= t} log p(y_t')
+        else:
+            reward = log_likelihood.sum(dim=1, keepdim=True).expand_as(log_likelihood)  # (B, T-1)
+        if self.config.hard_baseline == "batch":
+            weight = mask.to(reward.dtype)
+            running = weight.sum(dim=0, keepdim=True)  # (1, T-1): captions still running at step t
+            others = ((reward * weight).sum(dim=0, keepdim=True) - reward) / (running - 1).clamp_min(1)
+            advantage = (reward - others) * (running > 1)  # a caption alone at its step has no baseline
+        else:
+            advantage = reward - self._baseline(reward[:, 0])  # (B, T-1), the caption reward at every step
+        return -(advantage * mask * outputs["attention_log_prob"]).sum() / num_targets
 
     def _baseline(self, reward: Tensor) -> Tensor:
         """The baseline for this batch; updates the moving average when training (no host sync)."""
@@ -454,7 +410,7 @@ class Captioner(nn.Module):
             z, _ = self._gated(context, h)
             h, c = self._lstm(self.lstm_word(embedded), z, h, c)
             log_probs = F.log_softmax(self._logits(embedded, h, z).float(), dim=-1)
-            log_probs.index_fill_(1, banned, float("-inf"))
+            log_probs = log_probs.index_fill(1, banned, float("-inf"))  # not in place: SCST backpropagates
             return log_probs, alpha, (h, c)
 
         return step, (h, c)

@@ -26,6 +26,7 @@ from visattn.data.feature_cache import ensure_feature_cache
 from visattn.data.vocab import Vocabulary
 from visattn.encoders import EncoderConfig
 from visattn.engine import TrainConfig, fit, seed_everything, select_device
+from visattn.heads.attention_supervision import attention_targets
 from visattn.heads.captioner import CaptionerConfig  # importing it registers "captioner"
 from visattn.metrics.attention_correctness import AttentionCorrectness
 from visattn.metrics.captions import caption_scores
@@ -199,8 +200,13 @@ class CaptionTask(Task):
         # DDP averages gradients over ranks; dividing each rank's token sum by (all tokens / world size) makes
         # that average the gradient of the global per-token mean, as one process computes it (there: its count).
         num_targets = dist.all_reduce_mean(outputs["mask"].sum().float()).clamp_min(1e-6)
-        terms = unwrap(model).loss(outputs, tokens, num_targets=num_targets)
-        terms.pop("loss")  # the engine weighs the terms itself
+        core = unwrap(model)
+        targets = None
+        if core.config.attention_supervision > 0:  # word-to-object alignments (a clear error when the data has none)
+            targets = attention_targets(batch, tuple(outputs["attention"].shape[-2:])).to(device)
+        terms = core.loss(outputs, tokens, num_targets=num_targets, attention_targets=targets)
+        terms.pop("loss")  # the engine weighs the terms itself, with the captioner's own weights:
+        self.weight_dict = dict(core.weight_dict)  # alpha_c, attention_supervision, hard_reinforce, hard_entropy
         return terms
 
     def evaluate(self, model: nn.Module, loader: DataLoader, device: torch.device) -> dict[str, float]:
