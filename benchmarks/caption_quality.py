@@ -273,6 +273,9 @@ def main() -> None:
     parser.add_argument("--scst-lr", type=float, default=2e-4)
     parser.add_argument("--scst-bleu", type=float, default=0.0, help="weight of BLEU-4 in the SCST reward")
     parser.add_argument("--scst-epochs", type=int, default=None, help="SCST epochs instead of the budget share")
+    parser.add_argument("--scst-from", type=Path, default=None,
+                        help="soft_scst: skip cross entropy and start SCST from this checkpoint (use --scst-share 1; "
+                             "its vocabulary must be the data's)")
     parser.add_argument("--diagnose-hard", action="store_true",
                         help="only measure the hard-attention gradient statistics (docs/design.md) and exit")
     args = parser.parse_args()
@@ -316,9 +319,14 @@ def main() -> None:
         model = build_model("captioner", config)
         items = CaptionDataset(data.train, data.train.tokens, data.vocab, mode="random")
         xe_seconds = args.seconds_per_model * (1 - args.scst_share if name == "soft_scst" else 1.0)
-        run, epochs, speed = train(model, data, items, xe_loss, seconds=xe_seconds, epochs=args.epochs, args=args,
-                                   run_dir=out / name, train_overrides=train_overrides, lr=args.lr)
-        history = list(run["history"])
+        if name == "soft_scst" and args.scst_from is not None:  # SCST only, from a cross-entropy checkpoint
+            (out / name).mkdir(parents=True, exist_ok=True)
+            (out / name / "best.safetensors").write_bytes(args.scst_from.read_bytes())
+            history, epochs, speed = [], 0, 0.0
+        else:
+            run, epochs, speed = train(model, data, items, xe_loss, seconds=xe_seconds, epochs=args.epochs,
+                                       args=args, run_dir=out / name, train_overrides=train_overrides, lr=args.lr)
+            history = list(run["history"])
         if name == "soft_scst":  # self-critical training from the best cross-entropy weights
             model = load(out / name / "best.safetensors", task="caption")
             reward = CaptionReward([[list(c) for c in refs] for refs in data.train.tokens],
@@ -331,7 +339,7 @@ def main() -> None:
                 epochs=args.scst_epochs, args=args, run_dir=out / f"{name}_rl", train_overrides=train_overrides,
                 lr=args.scst_lr, warmup_steps=0, task=scst)
             history += run["history"]
-            xe_best = max(r.get("val_CIDEr-D", 0.0) for r in history[: -len(run["history"])])
+            xe_best = max([r.get("val_CIDEr-D", 0.0) for r in history[: -len(run["history"])]], default=-1.0)
             if run["best"] and run["best"]["value"] > xe_best:
                 (out / name / "best.safetensors").write_bytes((out / f"{name}_rl" / "best.safetensors").read_bytes())
         model = load(out / name / "best.safetensors", task="caption")
