@@ -43,9 +43,10 @@ def _captioner(path: Path) -> Path:
     from visattn.heads.captioner import CaptionerConfig
 
     data = scene_data(num_train=16, num_val=1, image_size=IMAGE_SIZE, num_objects=(1, 2), seed=0)
-    config = CaptionerConfig(encoder=EncoderConfig(width=16, depth=2, num_downsample=2), attention_dim=16,
-                             decoder_dim=32, embed_dim=16, dropout=0.0, max_len=12, vocab=data.vocab.to_list(),
-                             image_size=IMAGE_SIZE)
+    # the paper preset: after a dozen steps its n-best captions are non-empty, which the tests' map checks assume
+    config = CaptionerConfig.preset("paper", encoder=EncoderConfig(width=16, depth=2, num_downsample=2),
+                                    attention_dim=16, decoder_dim=32, embed_dim=16, dropout=0.0, alpha_c=0.0,
+                                    max_len=12, vocab=data.vocab.to_list(), image_size=IMAGE_SIZE)
     model = build_model("captioner", config)
     items = CaptionDataset(data.train, data.train.tokens, data.vocab, mode="pairs")
     _steps(model, "caption", [items[i] for i in range(0, len(items), max(1, len(items) // 16))])
