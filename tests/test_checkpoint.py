@@ -131,3 +131,26 @@ class _Nested:
 
 def test_tuples_come_back_as_tuples():
     assert config_from_dict(_Nested, {"pair": [3, 4], "items": [1]}) == _Nested(items=[1], pair=(3, 4))
+
+
+def test_captioner_checkpoint_from_before_newer_fields_loads_with_what_it_was_trained_with(tmp_path):
+    """A checkpoint written before init_activation & co. existed means the behaviour of its time (tanh on the
+    initial state, ...), not today's defaults: its outputs must not change when the defaults do."""
+    from visattn.heads.captioner_config import CaptionerConfig
+
+    config = CaptionerConfig(encoder=EncoderConfig(width=8, depth=2, num_downsample=2),
+                             vocab=["<pad>", "<start>", "<end>", "<unk>", "a", "b"], attention_dim=8,
+                             decoder_dim=16, embed_dim=8, dropout=0.0, init_activation="tanh",
+                             init_scheme="pytorch", hard_reward="caption", hard_baseline="moving_average")
+    torch.manual_seed(0)
+    model = build_model("captioner", config).eval()
+    stored = config_to_dict(config)
+    for key in CaptionerConfig.stored_defaults:
+        del stored[key]  # what an older visattn wrote
+    path = save_checkpoint(tmp_path / "old.safetensors", model, task="caption", model_name="captioner", config=stored)
+    loaded = load(path)
+    assert loaded.config == config
+    images, tokens = torch.rand(2, 3, 32, 32), torch.tensor([[1, 4, 5, 2], [1, 5, 2, 0]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images, tokens=tokens)["logits"], model(images, tokens=tokens)["logits"],
+                                   rtol=0, atol=0)

@@ -143,7 +143,9 @@ def model_from_checkpoint(checkpoint: Checkpoint, *, map_location: str = "cpu") 
     """
     try:
         entry = model_entry(checkpoint.model)
-        config = config_from_dict(entry.config_cls, checkpoint.config, source=f"checkpoint {checkpoint.path}")
+        # fields added after a checkpoint was written take the value it was trained with, not today's default
+        stored = {**getattr(entry.config_cls, "stored_defaults", {}), **checkpoint.config}
+        config = config_from_dict(entry.config_cls, stored, source=f"checkpoint {checkpoint.path}")
     except ValueError as err:
         raise CheckpointError(str(err)) from err
     model = entry.cls(_without_weight_files(config))

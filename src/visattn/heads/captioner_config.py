@@ -8,6 +8,7 @@ what learns most per second on the procedural scenes (docs/design.md, "Why the d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from visattn.attention import attention_class, list_attentions
 from visattn.encoders import EncoderConfig
@@ -84,6 +85,12 @@ class CaptionerConfig:
     scheduled_sampling: float = 0.0
     max_len: int = 20
     image_size: int = 64
+
+    # What a checkpoint written before a field existed means by its absence: the behaviour it was trained with
+    # (the later defaults differ). ``visattn.models.model_from_checkpoint`` fills these in before the defaults.
+    stored_defaults: ClassVar[dict[str, Any]] = {"init_activation": "tanh", "init_scheme": "pytorch",
+                                                 "attention_supervision": 0.0, "hard_reward": "caption",
+                                                 "hard_baseline": "moving_average"}
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "CaptionerConfig":
