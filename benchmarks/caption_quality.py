@@ -45,12 +45,11 @@ from torch.utils.data import DataLoader
 
 from visattn.attention import AdditiveAttention, AttentionKeys, register_attention
 from visattn.data.caption_data import CaptionDataset, collate, scene_data
-from visattn.data.text import tokenize
 from visattn.engine import TrainConfig, fit, seed_everything
 from visattn.heads.captioner import CaptionerConfig
-from visattn.heads.scst import CaptionReward, loss_scst
+from visattn.heads.scst import CaptionReward
 from visattn.models import build_model, load
-from visattn.tasks.caption import CaptionTask, eval_dataset, evaluate_captioner
+from visattn.tasks.caption import CaptionTask, SelfCriticalTask, eval_dataset, evaluate_captioner
 from visattn.tasks.demo import demo_model_config
 
 MODELS = {"soft": ("additive", "soft"), "soft_scst": ("additive", "soft"), "soft_supervised": ("additive", "soft"),
@@ -102,21 +101,6 @@ def xe_loss(model, batch, device) -> dict:
     task = CaptionTask()
     terms = task.criterion(model, batch, device)
     return {"loss": task.total_loss(terms), **terms}
-
-
-class SelfCriticalTask(CaptionTask):
-    """The caption task with the self-critical loss of :mod:`visattn.heads.scst` as its only weighted term."""
-
-    def __init__(self, reward: CaptionReward, *, num_samples: int, baseline: str, **options) -> None:
-        super().__init__(**options)
-        self.reward, self.num_samples, self.baseline = reward, num_samples, baseline
-        self.weight_dict = {"loss_scst": 1.0}
-
-    def criterion(self, model, batch, device) -> dict:
-        features, _ = model.encode(batch["images"].to(device))
-        references = [[tokenize(c) for c in captions] for captions in batch["captions"]]
-        return loss_scst(model, features, references, self.reward, num_samples=self.num_samples,
-                         baseline=self.baseline)
 
 
 def scst_loss_fn(task: SelfCriticalTask):

@@ -137,7 +137,8 @@ def test_task_loss_trains_and_evaluate_decodes(scenes, tiny_captioner):
     metrics = task.evaluate(model.eval(), DataLoader(val, batch_size=4, collate_fn=task.collate), torch.device("cpu"))
     for key in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D", "attention_correctness",
                 "uniform_correctness", "attention_correctness_tf", "uniform_correctness_tf",
-                "attention_correctness_box", "uniform_correctness_box", "attention_correctness_box_tf"):
+                "attention_correctness_box", "uniform_correctness_box", "attention_correctness_box_tf",
+                "object_f1", "attribute_f1", "count_f1", "content_exact"):
         assert key in metrics and metrics[key] >= 0.0, key
     assert 0.0 < metrics["uniform_correctness_tf"] < metrics["uniform_correctness_box_tf"] < 1.0  # mask inside box
     assert metrics["aligned_words_tf"] > 8
@@ -165,6 +166,7 @@ def test_evaluation_decodes_for_real(scenes, monkeypatch, tiny_captioner):
     metrics = evaluate_captioner(model, loader, torch.device("cpu"), beam_size=3, teacher_forced=False)
     assert calls == [3]
     assert metrics["BLEU-1"] > 0.99 and metrics["CIDEr-D"] > 1.0
+    assert metrics["object_f1"] > 0.9 and metrics["content_captions"] == len(val)  # a reference says what is there
     assert metrics["attention_correctness"] == pytest.approx(metrics["uniform_correctness"], abs=0.02)
 
 

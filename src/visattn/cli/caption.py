@@ -10,8 +10,10 @@ from visattn.cli.common import (
     CliError, UsageError, add_device_option, add_strict_option, add_train_options, load_json_config, load_predictor,
     positive_int, report_metrics, report_training, train_config_from_args,
 )
+from visattn.heads.captioner_config import PRESETS
 
 __all__ = ["register"]
+
 
 def register(commands: dict) -> None:
     train = commands["train"].add_parser(
@@ -38,6 +40,9 @@ def register(commands: dict) -> None:
     data.add_argument("--mode", choices=["pairs", "random"], default="pairs",
                       help="pairs: one item per (image, caption); random: one item per image, random caption")
     model = train.add_argument_group("model")
+    model.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                       help="start from a named configuration: 'default' (what learns most per second here) or "
+                            "'paper' (Xu et al. 2015 as published); the options below override it")
     model.add_argument("--config", type=Path, default=None, help="JSON of CaptionerConfig fields; options override")
     model.add_argument("--attention", choices=list_attentions() + ["none"], default=None, help="scoring; none = Show and Tell")
     model.add_argument("--attention-mode", choices=["soft", "hard"], default=None)
@@ -47,6 +52,9 @@ def register(commands: dict) -> None:
     model.add_argument("--dropout", type=float, default=None)
     model.add_argument("--gate", choices=["scalar", "channel", "none"], default=None)
     model.add_argument("--alpha-c", type=float, default=None, help="doubly stochastic regulariser weight")
+    model.add_argument("--attention-supervision", type=float, default=None, metavar="LAMBDA",
+                       help="weight of the loss on the attention mass inside each aligned word's object (procedural "
+                            "scenes only: they carry word-to-object alignments; default: 0, off)")
     model.add_argument("--max-len", type=positive_int, default=None, help="most tokens generated, <end> included")
     model.add_argument("--encoder", default=None, help='"small_cnn", "tv:<name>" or "timm:<name>"')
     model.add_argument("--encoder-width", type=positive_int, default=None, help="small CNN channels")
@@ -58,6 +66,13 @@ def register(commands: dict) -> None:
                        help="folder: encode images once with the frozen encoder and train from the cache")
     model.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32")
     model.add_argument("--beam-size", type=positive_int, default=3, help="beam size of validation decoding")
+    scst = train.add_argument_group("self-critical training (after cross entropy, from its best checkpoint)")
+    scst.add_argument("--scst-epochs", type=int, default=0, help="epochs of SCST into RUN_DIR/scst (0: off)")
+    scst.add_argument("--scst-baseline", choices=["mean", "greedy"], default="mean",
+                      help="mean of the other samples (Luo 2020) or the greedy caption's reward (Rennie et al.)")
+    scst.add_argument("--scst-samples", type=positive_int, default=5, help="captions sampled per image")
+    scst.add_argument("--scst-lr", type=float, default=None, help="learning rate of SCST (default: --lr / 10)")
+    scst.add_argument("--scst-bleu", type=float, default=0.0, help="weight of BLEU-4 beside CIDEr-D in the reward")
     add_train_options(train)
     train.set_defaults(handler=run_train)
 
@@ -117,8 +132,13 @@ def run_train(args: argparse.Namespace) -> int:
     from visattn.tasks.caption import train_captioner
 
     names = ("attention", "attention_mode", "attention_dim", "decoder_dim", "embed_dim", "dropout", "gate",
-             "alpha_c", "max_len")
-    config = load_json_config(args.config, CaptionerConfig, overrides={k: getattr(args, k) for k in names})
+             "alpha_c", "attention_supervision", "max_len")
+    overrides = {k: getattr(args, k) for k in names}
+    if args.preset is not None:
+        if args.config is not None:
+            raise UsageError("--preset and --config both name a whole configuration; pass one")
+        overrides = {**PRESETS[args.preset], **{k: v for k, v in overrides.items() if v is not None}}
+    config = load_json_config(args.config, CaptionerConfig, overrides=overrides)
     encoder = {"name": args.encoder, "width": args.encoder_width, "weights": args.encoder_weights, "grid": args.grid}
     if any(v is not None for v in encoder.values()):
         encoder = load_json_config(None, EncoderConfig, overrides={**vars(config.encoder), **encoder})
@@ -127,7 +147,9 @@ def run_train(args: argparse.Namespace) -> int:
     data = _data(args, train=True)
     result = train_captioner(config, data, train_config, args.run_dir, resume=args.resume, beam_size=args.beam_size,
                              max_len=args.max_len, encoder_lr=args.encoder_lr, feature_cache=args.feature_cache,
-                             cache_dtype=args.cache_dtype, mode=args.mode)
+                             cache_dtype=args.cache_dtype, mode=args.mode,
+                             scst={"epochs": args.scst_epochs, "baseline": args.scst_baseline,
+                                   "samples": args.scst_samples, "lr": args.scst_lr, "bleu": args.scst_bleu})
     return report_training(result)
 
 

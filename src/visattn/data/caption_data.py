@@ -42,7 +42,7 @@ __all__ = ["SceneSource", "RecordSource", "CaptionDataset", "CaptionData", "coll
 log = logging.getLogger("visattn")
 
 MODES = ("pairs", "random", "images")
-_META_KEYS = ("image_id", "path", "captions", "alignment", "masks", "boxes", "labels")
+_META_KEYS = ("image_id", "path", "captions", "alignment", "masks", "boxes", "labels", "objects")
 
 
 class SceneSource(Dataset):
@@ -166,7 +166,8 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ``lengths`` (B,) int64: ids before the padding (n + 2); ``images`` (B, 3, H, W) or, from a feature
         cache, ``features`` (B, L, C) with ``grid`` (H', W'); ``image_ids``, ``captions`` (all references of
         each image), ``caption_index`` (which reference ``tokens`` holds) and, when every item has them,
-        ``alignment``, ``masks`` and ``boxes`` (lists, one entry per image).
+        ``alignment``, ``masks``, ``boxes`` and ``objects`` (the scene's objects with class, colour and size;
+        lists, one entry per image).
     """
     if not samples:
         raise ValueError("collate: empty batch")
@@ -185,7 +186,7 @@ def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         batch["images"] = batch["features"]
     else:
         batch["images"] = torch.stack([s["image"] for s in samples])  # (B, 3, H, W)
-    for key in ("alignment", "masks", "boxes"):
+    for key in ("alignment", "masks", "boxes", "objects"):
         if all(s.get(key) is not None for s in samples):
             batch[key] = [s[key] for s in samples]
     return batch

@@ -13,7 +13,7 @@ teacher forcing, on the references (keys with the ``_tf`` suffix).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,21 +22,24 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from visattn import distributed as dist
+from visattn.data.caption_data import CaptionData, CaptionDataset, collate, teacher_forced_objects
 from visattn.data.feature_cache import ensure_feature_cache
+from visattn.data.text import tokenize
 from visattn.data.vocab import Vocabulary
 from visattn.encoders import EncoderConfig
 from visattn.engine import TrainConfig, fit, seed_everything, select_device
 from visattn.heads.attention_supervision import attention_targets
 from visattn.heads.captioner import CaptionerConfig  # importing it registers "captioner"
+from visattn.heads.scst import CaptionReward, loss_scst
 from visattn.metrics.attention_correctness import AttentionCorrectness
+from visattn.metrics.caption_content import content_scores
 from visattn.metrics.captions import caption_scores
 from visattn.metrics.localisation import box_masks
 from visattn.models import build_model
 from visattn.results import CaptionHypothesis, CaptionResult
 from visattn.tasks.base import Task, register_task, unwrap
-from visattn.data.caption_data import CaptionData, CaptionDataset, collate, teacher_forced_objects
 
-__all__ = ["CaptionTask", "evaluate_captioner", "train_captioner", "check_vocabulary", "eval_dataset",
+__all__ = ["CaptionTask", "SelfCriticalTask", "evaluate_captioner", "train_captioner", "check_vocabulary", "eval_dataset",
            "hypothesis_words", "MODEL_NAME"]
 
 log = logging.getLogger("visattn")
@@ -101,12 +104,15 @@ def evaluate_captioner(model: nn.Module, loader: DataLoader, device: torch.devic
         image's first reference). Masks of thin strokes hold little of any map up-sampled from a coarse
         grid (on 8×8 grids of 64-pixel scenes even the best single cell puts only ~0.41 of its mass inside
         a digit's mask, ~0.95 inside its box), so the box figures are the ones to compare across models.
+        When the batches carry the scenes' ``objects`` (procedural scenes), also what the captions say:
+        ``object_f1``, ``object_precision``, ``object_recall``, ``attribute_*``, ``count_*`` and
+        ``content_exact`` (:mod:`visattn.metrics.caption_content`).
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     model.eval()
     vocab = Vocabulary.from_list(unwrap(model).config.vocab)
-    decoded: list[tuple[Any, str, list[str]]] = []  # per image: (id, best caption, references)
+    decoded: list[tuple[Any, str, list[str], Any]] = []  # per image: (id, best caption, references, objects)
     meters: dict[str, AttentionCorrectness] = {}  # "<region>" and "<region>_tf" -> meter
     for batch in loader:
         inputs = _inputs(batch, device)
@@ -115,7 +121,8 @@ def evaluate_captioner(model: nn.Module, loader: DataLoader, device: torch.devic
         for i, image_id in enumerate(batch["image_ids"]):
             best = hypotheses[i][0]
             words = hypothesis_words(best.tokens, vocab)
-            decoded.append((image_id, _caption_text(words), list(batch["captions"][i])))
+            objects = batch["objects"][i] if batch.get("objects") is not None else None
+            decoded.append((image_id, _caption_text(words), list(batch["captions"][i]), objects))
             if scored and words:
                 for region, masks in _regions(batch, i).items():
                     meters.setdefault(region, AttentionCorrectness()).update_generated(
@@ -136,14 +143,19 @@ def evaluate_captioner(model: nn.Module, loader: DataLoader, device: torch.devic
     meters = dist.merge_shards(meters, loader, _merge_meters)
     candidates: dict[Any, str] = {}
     references: dict[Any, list[str]] = {}
-    for position, (image_id, caption, refs) in enumerate(decoded):
+    scene_objects: dict[Any, Any] = {}
+    for position, (image_id, caption, refs, objects) in enumerate(decoded):
         key = image_id if image_id is not None else f"#{position}"
         if key in candidates:
             raise ValueError(f"evaluation data holds image id {key!r} twice; ids must be unique")
         candidates[key], references[key] = caption, refs
+        if objects is not None:
+            scene_objects[key] = objects
     if not candidates:
         raise ValueError("evaluate_captioner: the loader yielded no images")
     metrics = caption_scores(candidates, references)
+    if scene_objects and len(scene_objects) == len(candidates):  # procedural scenes: what the captions say
+        metrics.update(content_scores(candidates, scene_objects))
     for suffix, meter in sorted(meters.items()):
         tail = "_tf" if suffix.endswith("_tf") else ""
         region = suffix[: -3] if tail else suffix
@@ -243,6 +255,51 @@ class CaptionTask(Task):
         return results
 
 
+class SelfCriticalTask(CaptionTask):
+    """Captioning trained by self-critical sequence training (Rennie et al. 2017): ``loss_scst`` of
+    :mod:`visattn.heads.scst` is the only weighted term; validation and checkpoints as :class:`CaptionTask`.
+
+    Args:
+        reward: the reward (CIDEr-D, optionally mixed with BLEU-4), built once from the training references.
+        num_samples: K captions sampled per image.
+        baseline: "greedy" (the greedy caption's reward) or "mean" (the mean of the other K-1 samples).
+        **options: :class:`CaptionTask`'s.
+    """
+
+    def __init__(self, reward: CaptionReward, *, num_samples: int = 5, baseline: str = "mean", **options: Any) -> None:
+        super().__init__(**options)
+        if baseline not in ("greedy", "mean"):
+            raise ValueError(f"SCST baseline must be 'greedy' or 'mean', got {baseline!r}")
+        self.reward, self.num_samples, self.baseline = reward, num_samples, baseline
+        self.weight_dict = {"loss_scst": 1.0}
+
+    def criterion(self, model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
+        inputs = _inputs(batch, device)
+        core = unwrap(model)
+        features = inputs["features"] if "features" in inputs else core.encode(inputs["images"])[0]  # (B, L, C)
+        references = [[tokenize(c) for c in captions] for captions in batch["captions"]]
+        return loss_scst(core, features, references, self.reward, num_samples=self.num_samples,
+                         baseline=self.baseline)
+
+
+def _self_critical(model_config: CaptionerConfig, data: CaptionData, train_items: Dataset, val_set: Dataset,
+                   train_config: TrainConfig, run_dir: Path, scst: dict[str, Any], *, beam_size: int,
+                   max_len: int | None) -> dict[str, Any]:
+    """SCST epochs from the best cross-entropy weights of ``run_dir`` into ``run_dir/scst``."""
+    from visattn.models import load
+
+    model = load(run_dir / "best.safetensors", task="caption")
+    reward = CaptionReward([[list(c) for c in refs] for refs in data.train.tokens],
+                           weights={"CIDEr-D": 1.0, **({"BLEU-4": scst["bleu"]} if scst.get("bleu") else {})})
+    task = SelfCriticalTask(reward, num_samples=scst.get("samples", 5), baseline=scst.get("baseline", "mean"),
+                            beam_size=beam_size, max_len=max_len)
+    images = CaptionDataset(train_items, data.train.tokens, data.vocab, mode="images")
+    config = replace(train_config, epochs=scst["epochs"], lr=scst.get("lr") or train_config.lr / 10, warmup_steps=0)
+    log.info("self-critical training: %d epoch(s), %d samples per image, %s baseline", config.epochs,
+             task.num_samples, task.baseline)
+    return fit(model, task, images, val_set, config, run_dir / "scst")
+
+
 def check_vocabulary(model_vocab: Sequence[str], data_vocab: Vocabulary, what: str) -> None:
     """ValueError (naming ``what``) unless a checkpoint's vocabulary equals the data's."""
     try:
@@ -258,7 +315,8 @@ def _frozen(model_config: Any) -> Any:
 def train_captioner(model_config: CaptionerConfig, data: CaptionData, train_config: TrainConfig, run_dir: str | Path, *,
                     resume: str | Path | None = None, beam_size: int = 3, max_len: int | None = None,
                     encoder_lr: float | None = None, feature_cache: str | Path | None = None,
-                    cache_dtype: str = "float32", mode: str = "pairs") -> dict[str, Any]:
+                    cache_dtype: str = "float32", mode: str = "pairs",
+                    scst: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build a captioner for ``data``'s vocabulary and train it; returns :func:`visattn.engine.fit`'s result.
 
     Args:
@@ -273,6 +331,13 @@ def train_captioner(model_config: CaptionerConfig, data: CaptionData, train_conf
             the cache (rebuilt when the encoder, its weights, the transform or the data change).
         cache_dtype: "float32" or "float16" for the cache.
         mode: "pairs" or "random" (see :class:`~visattn.data.caption_data.CaptionDataset`).
+        scst: after cross entropy, self-critical training from its best weights into ``run_dir/scst``:
+            ``{"epochs": N, "samples": K, "baseline": "mean" | "greedy", "lr": ..., "bleu": weight of BLEU-4}``
+            (a resumed run that had finished its cross-entropy epochs goes straight to SCST).
+
+    Returns:
+        :func:`visattn.engine.fit`'s result; with ``scst``, the SCST run's, with the cross-entropy run's
+        under ``"cross_entropy"``.
     """
     if mode not in ("pairs", "random"):
         raise ValueError(f"training mode must be 'pairs' or 'random', got {mode!r}")
@@ -302,7 +367,13 @@ def train_captioner(model_config: CaptionerConfig, data: CaptionData, train_conf
              model_config.attention, data.source, len(train_set), len(data.vocab))
     task = CaptionTask(beam_size=beam_size, max_len=max_len, encoder_lr=encoder_lr,
                        hard=model_config.attention_mode == "hard")
-    return fit(model, task, train_set, val_set, train_config, run_dir, resume=resume)
+    result = fit(model, task, train_set, val_set, train_config, run_dir, resume=resume)
+    if not scst or not scst.get("epochs"):
+        return result
+    if result["best"] is None:
+        raise ValueError(f"{run_dir}: no best cross-entropy checkpoint to start self-critical training from")
+    return {**_self_critical(model_config, data, train_items, val_set, train_config, Path(run_dir), scst,
+                             beam_size=beam_size, max_len=max_len), "cross_entropy": result}
 
 
 def eval_dataset(model: nn.Module, source: Dataset) -> CaptionDataset:

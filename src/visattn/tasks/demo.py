@@ -113,6 +113,10 @@ def run_caption_demo(out_dir: str | Path, *, seconds_budget: float = 360.0, seed
         if "attention_correctness_box" in metrics:
             printer(f"  attention correctness in boxes {metrics['attention_correctness_box']:.3f} "
                     f"(uniform {metrics['uniform_correctness_box']:.3f})")
+    if "object_f1" in metrics:
+        printer(f"  caption content: object F1 {metrics['object_f1']:.3f} (precision {metrics['object_precision']:.3f}, "
+                f"recall {metrics['object_recall']:.3f}), attribute F1 {metrics['attribute_f1']:.3f}, "
+                f"count F1 {metrics['count_f1']:.3f}, exact {metrics['content_exact']:.3f}")
     for image_id, result in zip(shown["image_ids"], results):
         printer(f"  test scene {image_id}: {result.caption!r}")
     printer(f"  figures in {out_dir / 'figures'}")
