@@ -1,8 +1,9 @@
 """The typed results of a prediction, one per image, shared by every way in.
 
 :class:`visattn.Predictor` returns them; the CLI prints and draws them, the server sends their
-:meth:`to_dict`, and the exported runtime (``visattn.runtime``) mirrors their fields with numpy arrays. Every
-map is a float32 CPU tensor at grid resolution (H', W') whose values sum to 1 over the grid.
+:meth:`to_dict`, and the exported runtime (``visattn.runtime``, which has no PyTorch) returns the same classes
+holding float32 numpy arrays where the Predictor gives CPU tensors. Every map is at grid resolution (H', W')
+and its values sum to 1 over the grid. This module imports no torch.
 
 ``to_dict()`` gives plain JSON types: maps as nested lists of floats, plus ``grid`` = [H', W'] and the
 ``task``, so a browser can draw a map without knowing the model.
@@ -11,9 +12,10 @@ map is a float32 CPU tensor at grid resolution (H', W') whose values sum to 1 ov
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Union
 
-from torch import Tensor
+if TYPE_CHECKING:  # no torch at run time: the runtime without PyTorch fills the same classes with numpy arrays
+    from torch import Tensor
 
 __all__ = ["ClassifyResult", "CaptionHypothesis", "CaptionResult", "DetectResult", "Result"]
 

@@ -10,7 +10,7 @@ here imports torch (a test runs this package with torch blocked).
 """
 
 from visattn.runtime.predictor import ExportFolderError, OnnxPredictor, PreparedArrays, read_export
-from visattn.runtime.results import CaptionHypothesis, CaptionResult, ClassifyResult, DetectResult, Result
+from visattn.results import CaptionHypothesis, CaptionResult, ClassifyResult, DetectResult, Result
 from visattn.runtime.search import SearchHypothesis, beam_search, greedy_search
 
 __all__ = ["OnnxPredictor", "ExportFolderError", "PreparedArrays", "read_export", "ClassifyResult",

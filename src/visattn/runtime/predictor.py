@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from visattn.data.images import load_image, to_rgb
-from visattn.runtime.results import CaptionHypothesis, CaptionResult, ClassifyResult, DetectResult, Result
+from visattn.results import CaptionHypothesis, CaptionResult, ClassifyResult, DetectResult, Result
 from visattn.runtime.search import beam_search, check_decoding_args, greedy_search, topk
 
 __all__ = ["OnnxPredictor", "ExportFolderError", "PreparedArrays", "read_export", "EXPORT_FORMAT", "EXPORT_VERSION",
