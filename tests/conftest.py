@@ -52,3 +52,13 @@ def tiny_config() -> Callable[..., Any]:
         return replace(model_entry(f"tiny_{head}").make_config(), **overrides)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and a shared CI machine does not oversubscribe): a module opts in
+    with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

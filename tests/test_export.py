@@ -26,6 +26,8 @@ from visattn.heads.classifier import ClassifierConfig  # noqa: E402
 from visattn.heads.detector import DetectorConfig  # noqa: E402
 from visattn.models import build_model, load  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ENCODER = EncoderConfig(width=8, depth=2, num_downsample=2)  # 24 px -> a 6 x 6 grid, BatchNorm like the default
 VOCAB = ["<pad>", "<start>", "<end>", "<unk>", "a", "red", "green", "circle", "two", "left", "of"]
 TOLERANCE = 1e-4
@@ -78,15 +80,6 @@ def assert_close(got: list[torch.Tensor], expected: list[torch.Tensor]) -> None:
         finite = torch.isfinite(e)
         assert torch.equal(finite, torch.isfinite(g))  # the same -inf (banned tokens)
         torch.testing.assert_close(g[finite], e[finite], rtol=0, atol=TOLERANCE)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and a shared CI machine does not oversubscribe)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

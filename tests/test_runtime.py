@@ -35,16 +35,9 @@ from visattn.heads.captioner import CaptionerConfig  # noqa: E402
 from visattn.models import build_model  # noqa: E402
 from visattn.runtime import ExportFolderError, OnnxPredictor, beam_search, greedy_search  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 NUM_SCENES = 60
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and a shared CI machine does not oversubscribe)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
