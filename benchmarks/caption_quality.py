@@ -200,21 +200,12 @@ def hard_gradient_diagnostics(data, *, warm_steps: int, samples: int, seed: int,
 
 
 def score(model, source, *, beam_size: int, length_penalty: float = 0.0, captions_out: Path | None = None) -> dict:
-    """Test metrics of ``model`` on ``source``: n-gram scores, attention correctness and caption content."""
-    from visattn.metrics.caption_content import content_scores
-
+    """Test metrics of ``model`` on ``source``: n-gram scores, attention correctness and caption content (the
+    evaluation reports content on procedural scenes); the captions go to ``captions_out`` when given."""
     loader = DataLoader(eval_dataset(model, source), batch_size=64, collate_fn=collate)
+    captions: dict = {}
     metrics = evaluate_captioner(model, loader, torch.device("cpu"), beam_size=beam_size,
-                                 length_penalty=length_penalty)
-    captions = {}
-    for start in range(0, len(source), 64):
-        batch = collate([loader.dataset[i] for i in range(start, min(start + 64, len(source)))])
-        hypotheses = model.generate(batch["images"], beam_size=beam_size, length_penalty=length_penalty)
-        vocab = model.config.vocab
-        for image_id, hyps in zip(batch["image_ids"], hypotheses):
-            captions[image_id] = " ".join(vocab[t] for t in hyps[0].tokens if not vocab[t].startswith("<"))
-    objects = {source.meta(i)["image_id"]: source.scenes[i]["objects"] for i in range(len(source))}
-    metrics.update(content_scores(captions, objects))
+                                 length_penalty=length_penalty, captions=captions)
     if captions_out is not None:
         captions_out.write_text(json.dumps({str(k): v for k, v in captions.items()}))
     return metrics

@@ -163,8 +163,11 @@ def test_evaluation_decodes_for_real(scenes, monkeypatch, tiny_captioner):
     monkeypatch.setattr(model, "generate", generate)
     val = CaptionDataset(scenes.val, scenes.val.tokens, scenes.vocab, mode="images")
     loader = DataLoader(val, batch_size=len(val), collate_fn=collate)
-    metrics = evaluate_captioner(model, loader, torch.device("cpu"), beam_size=3, teacher_forced=False)
+    captions = {}
+    metrics = evaluate_captioner(model, loader, torch.device("cpu"), beam_size=3, teacher_forced=False,
+                                 captions=captions)
     assert calls == [3]
+    assert len(captions) == len(val) and all(text for text in captions.values())
     assert metrics["BLEU-1"] > 0.99 and metrics["CIDEr-D"] > 1.0
     assert metrics["object_f1"] > 0.9 and metrics["content_captions"] == len(val)  # a reference says what is there
     assert metrics["attention_correctness"] == pytest.approx(metrics["uniform_correctness"], abs=0.02)

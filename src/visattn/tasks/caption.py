@@ -84,7 +84,8 @@ def _regions(batch: dict[str, Any], i: int) -> dict[str, Tensor]:
 @torch.no_grad()
 def evaluate_captioner(model: nn.Module, loader: DataLoader, device: torch.device, *, beam_size: int = 3,
                        max_len: int | None = None, length_penalty: float = 0.0,
-                       teacher_forced: bool = True) -> dict[str, float]:
+                       teacher_forced: bool = True,
+                       captions: dict[Any, str] | None = None) -> dict[str, float]:
     """Decode every image of ``loader`` with beam search and score the best caption of each.
 
     Args:
@@ -95,6 +96,7 @@ def evaluate_captioner(model: nn.Module, loader: DataLoader, device: torch.devic
         max_len: most tokens per caption, ``<end>`` included (None: the model's default).
         length_penalty: passed to ``generate``.
         teacher_forced: also measure attention correctness on the references (when masks exist).
+        captions: when given, filled with each image's best caption (image id -> text), as scored.
 
     Returns:
         ``BLEU-1`` .. ``BLEU-4``, ``ROUGE-L``, ``CIDEr-D``; when the data has masks and alignments also
@@ -153,6 +155,8 @@ def evaluate_captioner(model: nn.Module, loader: DataLoader, device: torch.devic
             scene_objects[key] = objects
     if not candidates:
         raise ValueError("evaluate_captioner: the loader yielded no images")
+    if captions is not None:
+        captions.update(candidates)
     metrics = caption_scores(candidates, references)
     if scene_objects and len(scene_objects) == len(candidates):  # procedural scenes: what the captions say
         metrics.update(content_scores(candidates, scene_objects))
