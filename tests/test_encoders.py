@@ -65,6 +65,28 @@ def test_small_cnn_defaults_give_an_8x8_grid_of_width_channels():
     assert torch.allclose(encoder.mean, torch.full((1, 3, 1, 1), 0.5))
 
 
+@pytest.mark.parametrize("stem, depth, num_downsample", [(2, 4, 2), (4, 3, 1)])
+def test_patchify_stem_shrinks_the_image_before_the_blocks(stem, depth, num_downsample):
+    """The stem is one stride-s convolution over s×s patches: the 64-pixel scenes still give an 8×8 grid, each
+    cell of the stem's map sees exactly its own patch, and the stem is a stage that can be frozen."""
+    config = EncoderConfig(width=32, depth=depth, num_downsample=num_downsample, stem=stem)
+    encoder = create_encoder(config)
+    features, grid = encoder(torch.rand(2, 3, 64, 64))
+    assert grid == (8, 8) and features.shape == (2, 64, 32) and encoder.stride == 8
+    conv = encoder.trunk.stem[0]
+    assert conv.kernel_size == (stem, stem) and conv.stride == (stem, stem)
+    image = torch.rand(1, 3, 64, 64)
+    changed = image.clone()
+    changed[..., :stem, :stem] += 1.0  # only the first patch
+    with torch.no_grad():
+        before, after = conv(image), conv(changed)
+    moved = (before - after).abs().sum(dim=1)[0] > 0  # (64 / s, 64 / s)
+    assert moved[0, 0] and moved.sum() == 1
+    frozen = create_encoder(EncoderConfig(**{**vars(config), "trainable_from": "block0"}))
+    assert not any(p.requires_grad for p in frozen.trunk.stem.parameters())
+    assert all(p.requires_grad for p in frozen.trunk.block0.parameters())
+
+
 def test_backbones_default_to_imagenet_statistics():
     encoder = create_encoder(EncoderConfig(name="tv:mobilenet_v3_small"))
     assert torch.allclose(encoder.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
@@ -214,7 +236,8 @@ def test_timm_missing_gives_a_clear_error(monkeypatch):
 
 
 @pytest.mark.parametrize("bad", [
-    dict(width=4), dict(depth=0), dict(num_downsample=5), dict(norm="layer"), dict(grid=0),
+    dict(width=4), dict(depth=0), dict(num_downsample=5), dict(norm="layer"), dict(grid=0), dict(stem=0),
+    dict(name="tv:resnet18", stem=2),
     dict(grid=True), dict(trainable_from=1.5), dict(mean=[0.5, 0.5]), dict(std=[1, 0, 1]), dict(weights=""),
     dict(name="tv:resnet18", width=64), dict(name="small_cnn", weights="torch-cache"),
 ])
