@@ -31,8 +31,11 @@ __all__ = ["ReferenceAttention", "ReferenceDecoder", "reference_loss", "referenc
 class ReferenceAttention(nn.Module):
     """Additive attention that projects the whole image again on every call."""
 
-    def __init__(self, encoder_dim: int, decoder_dim: int, attention_dim: int) -> None:
+    def __init__(self, encoder_dim: int, decoder_dim: int, attention_dim: int, *, nonlinearity: str = "tanh") -> None:
         super().__init__()
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"ReferenceAttention: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
         self.encoder_att = nn.Linear(encoder_dim, attention_dim)
         self.decoder_att = nn.Linear(decoder_dim, attention_dim)
         self.full_att = nn.Linear(attention_dim, 1)
@@ -41,7 +44,8 @@ class ReferenceAttention(nn.Module):
         """encoder_out (b, L, C), decoder_hidden (b, D) -> context (b, C), alpha (b, L)."""
         att1 = self.encoder_att(encoder_out)  # (b, L, A): the same for every step, recomputed anyway
         att2 = self.decoder_att(decoder_hidden)  # (b, A)
-        att = self.full_att(torch.tanh(att1 + att2.unsqueeze(1))).squeeze(2)  # (b, L)
+        act = torch.tanh if self.nonlinearity == "tanh" else torch.relu
+        att = self.full_att(act(att1 + att2.unsqueeze(1))).squeeze(2)  # (b, L)
         alpha = F.softmax(att, dim=1)
         context = (encoder_out * alpha.unsqueeze(2)).sum(dim=1)  # (b, L, C) -> (b, C)
         return context, alpha
@@ -54,13 +58,17 @@ class ReferenceDecoder(nn.Module):
         vocab_size, encoder_dim, attention_dim, decoder_dim, embed_dim: V, C, A, D, E.
         dropout: before the output layer.
         alpha_c: weight of the doubly stochastic regulariser.
+        nonlinearity: of the additive score, "tanh" (the paper) or "relu" (the tutorial).
+        init_tanh: a tanh on h_0 and c_0 (the paper; the tutorial has none).
+        tutorial_init: the embedding and the output layer uniform in ±0.1, its bias 0 (the tutorial's).
     """
 
     def __init__(self, *, vocab_size: int, encoder_dim: int, attention_dim: int, decoder_dim: int, embed_dim: int,
-                 dropout: float = 0.5, alpha_c: float = 0.0) -> None:
+                 dropout: float = 0.5, alpha_c: float = 0.0, nonlinearity: str = "tanh", init_tanh: bool = True,
+                 tutorial_init: bool = False) -> None:
         super().__init__()
-        self.vocab_size, self.alpha_c = vocab_size, alpha_c
-        self.attention = ReferenceAttention(encoder_dim, decoder_dim, attention_dim)
+        self.vocab_size, self.alpha_c, self.init_tanh = vocab_size, alpha_c, init_tanh
+        self.attention = ReferenceAttention(encoder_dim, decoder_dim, attention_dim, nonlinearity=nonlinearity)
         self.embedding = nn.Embedding(vocab_size, embed_dim)
         self.dropout = nn.Dropout(dropout)
         self.decode_step = nn.LSTMCell(embed_dim + encoder_dim, decoder_dim)
@@ -68,10 +76,15 @@ class ReferenceDecoder(nn.Module):
         self.init_c = nn.Linear(encoder_dim, decoder_dim)
         self.f_beta = nn.Linear(decoder_dim, encoder_dim)  # per-channel gate
         self.fc = nn.Linear(decoder_dim, vocab_size)
+        if tutorial_init:
+            nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+            nn.init.uniform_(self.fc.weight, -0.1, 0.1)
+            nn.init.zeros_(self.fc.bias)
 
     def init_hidden_state(self, encoder_out: Tensor) -> tuple[Tensor, Tensor]:
         mean_encoder_out = encoder_out.mean(dim=1)  # (B, C)
-        return torch.tanh(self.init_h(mean_encoder_out)), torch.tanh(self.init_c(mean_encoder_out))
+        h, c = self.init_h(mean_encoder_out), self.init_c(mean_encoder_out)
+        return (torch.tanh(h), torch.tanh(c)) if self.init_tanh else (h, c)
 
     def forward(self, encoder_out: Tensor, tokens: Tensor, lengths: Tensor):
         """Teacher forcing over length-sorted captions, shrinking the batch as captions end.
@@ -183,12 +196,16 @@ def copy_to_captioner(decoder: ReferenceDecoder, captioner: nn.Module) -> None:
 
     The additive score's two biases (``encoder_att``'s and ``decoder_att``'s) always appear summed, so
     visattn keeps one; the LSTM cell's two biases likewise. Dropout and the embedding match one to one.
+    A ReLU reference needs the captioner's ``attention="additive_relu"`` (``benchmarks/tutorial_decoder.py``
+    registers it), and its ``init_activation`` must match the reference's ``init_tanh``.
     """
     config = captioner.config
-    layout = (config.attention, config.gate, config.deep_output, config.attention_mode)
-    if layout != ("additive", "channel", False, "soft"):
-        raise ValueError("copy_to_captioner needs CaptionerConfig(attention='additive', gate='channel', "
-                         "deep_output=False, attention_mode='soft')")
+    scoring = "additive" if decoder.attention.nonlinearity == "tanh" else "additive_relu"
+    init = "tanh" if decoder.init_tanh else "none"
+    layout = (config.attention, config.gate, config.deep_output, config.attention_mode, config.init_activation)
+    if layout != (scoring, "channel", False, "soft", init):
+        raise ValueError(f"copy_to_captioner needs CaptionerConfig(attention={scoring!r}, gate='channel', "
+                         f"deep_output=False, attention_mode='soft', init_activation={init!r})")
     ref_att, att = decoder.attention, captioner.attention
     att.key_proj.weight.copy_(ref_att.encoder_att.weight)
     att.key_proj.bias.copy_(ref_att.encoder_att.bias + ref_att.decoder_att.bias)

@@ -55,6 +55,29 @@ def test_reference_and_visattn_compute_the_same_loss_and_gradients_on_the_same_w
         torch.testing.assert_close(mine[own], ref[theirs], rtol=1e-4, atol=1e-6, msg=f"{own} vs {theirs}")
 
 
+def test_tutorial_reference_and_its_captioner_compute_the_same_loss(tiny_config):
+    """The caption benchmark's reference (the tutorial's decoder, ReLU score, no tanh on h_0) is scored
+    through a Captioner: on the same weights and images both give the same cross entropy."""
+    from tutorial_decoder import TutorialDecoder, to_captioner, train_tutorial
+
+    from visattn.data.caption_data import CaptionDataset, collate, scene_data
+
+    data = scene_data(num_train=12, num_val=2, num_test=2, image_size=32, num_objects=(1, 2), seed=0)
+    config = tiny_config("captioner", vocab=data.vocab.to_list(), image_size=32, dropout=0.0)
+    torch.manual_seed(0)
+    reference = TutorialDecoder(config)
+    pairs = CaptionDataset(data.train, data.train.tokens, data.vocab, mode="pairs")
+    run = train_tutorial(reference, pairs, collate, steps=2, batch_size=8, lr=1e-2)
+    assert run["steps"] == 2 and run["images"] == 16
+    batch = collate([pairs[i] for i in range(0, 24, 3)])
+    assert len(set(batch["lengths"].tolist())) > 1  # the reference really shrinks its batch
+    reference.eval()
+    captioner = to_captioner(reference)
+    outputs = captioner(batch["images"], tokens=batch["tokens"])
+    torch.testing.assert_close(captioner.loss(outputs, batch["tokens"])["loss_ce"],
+                               reference(batch["images"], batch["tokens"]), rtol=1e-5, atol=1e-6)
+
+
 def test_reference_beam_search_gives_the_captions_of_batched_beam_search():
     reference, captioner, features = beam.build(TINY, num_images=6, sharpness=8.0, seed=1)
     batched = captioner.generate(features=features, beam_size=3, max_len=6)
