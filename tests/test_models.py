@@ -73,7 +73,11 @@ def test_forward_backward_gives_every_trainable_parameter_a_gradient(name):
     missing = [n for n, p in trainable if p.grad is None]
     assert not missing, f"{name}: parameters without gradient: {missing}"
     assert all(bool(torch.isfinite(p.grad).all()) for _, p in trainable)
-    zero = [n for n, p in trainable if not bool(p.grad.abs().sum() > 0)]
+    # softmax(s + b) = softmax(s): a scoring bias gets zero gradient in exact arithmetic, and in floating point
+    # either exactly 0 or rounding noise depending on the CPU's kernels; assert that instead of a nonzero one.
+    shift_invariant = [(n, p) for n, p in trainable if n.endswith("attention.score.bias")]
+    assert all(float(p.grad.abs().max()) < 1e-5 for _, p in shift_invariant), shift_invariant
+    zero = [n for n, p in trainable if not bool(p.grad.abs().sum() > 0) and (n, p) not in shift_invariant]
     assert not zero, f"{name}: parameters whose gradient is exactly zero: {zero}"
 
 
