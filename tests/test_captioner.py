@@ -211,7 +211,8 @@ def test_config_validation(overrides, match):
 
 def test_hard_attention_samples_and_updates_the_baseline(tiny_captioner):
     model = tiny_captioner(attention_mode="hard", hard_expected_context_prob=0.0, hard_baseline_decay=0.9,
-                 hard_reward="caption", hard_baseline="moving_average").train()  # the paper's estimator
+                 hard_reward="caption", hard_baseline="moving_average", hard_entropy=0.01,
+                 ).train()  # the paper's estimator and entropy bonus
     out = model(images(), tokens=TOKENS)
     index, alpha = out["attention_index"], out["attention"].flatten(2)
     assert index.shape == (3, 5) and bool(((index >= 0) & (index < 16)).all())
