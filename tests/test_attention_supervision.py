@@ -80,7 +80,33 @@ def test_data_without_alignment_is_a_clear_error(batch):
     coco_like = {k: v for k, v in batch.items() if k not in ("alignment", "masks")}
     with pytest.raises(ValueError, match="needs word-to-object alignments"):
         attention_targets(coco_like, (4, 4))
-    with pytest.raises(ValueError, match="unknown region 'circle'; valid: box, mask"):
+    with pytest.raises(ValueError, match="unknown region 'circle'; valid: box, mask, box_and_mask"):
         attention_targets(batch, (4, 4), region="circle")
     with pytest.raises(ValueError, match="needs an attention"):
         CaptionerConfig(attention="none", attention_supervision=1.0)
+
+
+def test_caption_task_supervises_the_configured_region(batch):
+    """``attention_supervision_region`` reaches the task's criterion: its term is the loss against that region's
+    targets; a mask lies inside its box, so its loss is larger, and ``box_and_mask`` is −log of the mean mass."""
+    from visattn.tasks.caption import CaptionTask
+
+    batch, vocab = batch
+    losses = {}
+    for region in ("box", "mask", "box_and_mask"):
+        torch.manual_seed(0)
+        config = CaptionerConfig(encoder=EncoderConfig(width=8, depth=3, num_downsample=3), vocab=vocab.to_list(),
+                                 attention_dim=16, decoder_dim=16, embed_dim=8, dropout=0.0,
+                                 attention_supervision=1.0, attention_supervision_region=region)
+        model = Captioner(config).eval()
+        terms = CaptionTask().criterion(model, batch, torch.device("cpu"))
+        out = model(batch["images"], tokens=batch["tokens"], lengths=batch["lengths"])
+        expected = loss_attention_sup(out["attention"], attention_targets(batch, out["attention"].shape[-2:],
+                                                                          region=region))
+        torch.testing.assert_close(terms["loss_attention_sup"], expected)
+        losses[region] = float(expected)
+    assert losses["mask"] > losses["box_and_mask"] > losses["box"]
+    inside = {region: attention_targets(batch, (4, 4), region=region)["inside"] for region in losses}
+    torch.testing.assert_close(inside["box_and_mask"], (inside["box"] + inside["mask"]) / 2)  # the mean mass
+    with pytest.raises(ValueError, match="attention_supervision_region: expected .box., .mask. or .box_and_mask."):
+        CaptionerConfig(attention_supervision_region="circle")

@@ -7,7 +7,8 @@ attention a captioner uses to emit that word can be trained to fall on the objec
 
 The mass is measured exactly as :mod:`visattn.metrics.attention_correctness` scores it: the grid map is
 up-sampled bilinearly to the image, renormalised, and summed inside the region (the object's box by
-default, or its mask). Bilinear up-sampling is linear, so for a grid map α (L cells)
+default, its mask, or ``box_and_mask``: the mean of the two masses, a region of weight 1 on the glyph's pixels
+and ½ on the rest of its box). Bilinear up-sampling is linear, so for a grid map α (L cells)
 
     mass = Σ_i α_i r_i / Σ_i α_i u_i,    r_i = Σ_{p in region} U_i(p),   u_i = Σ_p U_i(p),
 
@@ -33,7 +34,7 @@ from visattn.metrics.localisation import box_masks
 
 __all__ = ["REGIONS", "AttentionTargets", "attention_targets", "cell_weights", "loss_attention_sup"]
 
-REGIONS = ("box", "mask")
+REGIONS = ("box", "mask", "box_and_mask")
 _EPS = 1e-6  # inside the log: a map with no mass on the object costs −log(1e-6) ≈ 13.8, not infinity
 
 
@@ -49,7 +50,7 @@ def cell_weights(regions: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor
     """Per-cell weights of regions for the exact up-sampled mass (module docstring).
 
     Args:
-        regions: (N, H, W) bool regions at image resolution.
+        regions: (N, H, W) regions at image resolution: bool, or float weights in [0, 1].
         grid: the attention grid (h, w).
 
     Returns:
@@ -78,9 +79,9 @@ def attention_targets(batch: Mapping[str, Any], grid: tuple[int, int], *, region
 
     Args:
         batch: with ``tokens`` (B, T), ``lengths``, ``captions``, ``caption_index`` and, per image,
-            ``alignment`` and ``boxes`` (for ``region="box"``) or ``masks`` (N, H, W) (for ``"mask"``).
+            ``alignment``, ``masks`` (N, H, W) and, for the box regions, ``boxes``.
         grid: the attention grid (h, w) of the captioner's outputs.
-        region: "box" or "mask".
+        region: "box", "mask" or "box_and_mask".
 
     Returns:
         :class:`AttentionTargets`. Rows whose encoded caption does not match its alignment word for word
@@ -107,8 +108,11 @@ def attention_targets(batch: Mapping[str, Any], grid: tuple[int, int], *, region
             objects[i, : len(aligned)] = torch.tensor(aligned, dtype=torch.long)
         if region == "box":
             regions = box_masks(torch.as_tensor(batch["boxes"][i]).reshape(-1, 4), size)  # (N, H, W)
-        else:
+        elif region == "mask":
             regions = torch.as_tensor(batch["masks"][i]).bool()
+        else:  # weight 1 on the glyph, ½ on the rest of its box: the mean of the two masses
+            box = box_masks(torch.as_tensor(batch["boxes"][i]).reshape(-1, 4), size)
+            regions = (box.float() + torch.as_tensor(batch["masks"][i]).float()) / 2
         per_image.append(regions)
     most = max(1, max(len(r) for r in per_image))
     inside = torch.zeros(len(tokens), most, grid[0] * grid[1])

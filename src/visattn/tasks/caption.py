@@ -219,7 +219,8 @@ class CaptionTask(Task):
         core = unwrap(model)
         targets = None
         if core.config.attention_supervision > 0:  # word-to-object alignments (a clear error when the data has none)
-            targets = attention_targets(batch, tuple(outputs["attention"].shape[-2:])).to(device)
+            targets = attention_targets(batch, tuple(outputs["attention"].shape[-2:]),
+                                        region=core.config.attention_supervision_region).to(device)
         terms = core.loss(outputs, tokens, num_targets=num_targets, attention_targets=targets)
         terms.pop("loss")  # the engine weighs the terms itself, with the captioner's own weights:
         self.weight_dict = dict(core.weight_dict)  # alpha_c, attention_supervision, hard_reinforce, hard_entropy
