@@ -53,20 +53,24 @@ def test_data_make_writes_images_and_annotations(tmp_path):
 
 
 @pytest.mark.slow
-def test_preset_attention_supervision_and_self_critical_training(tmp_path):
+def test_preset_attention_supervision_and_self_critical_training(tmp_path, capsys):
     """--preset paper, --attention-supervision and --scst-epochs reach the model and the engine: the checkpoint
     holds the paper's choices and λ, the supervision term is trained, and SCST continues into RUN_DIR/scst."""
     from visattn.checkpoint import read_checkpoint
 
     run = tmp_path / "run"
     assert main(["train", "caption", "--run-dir", str(run), "--preset", "paper", "--encoder-width", "16",
-                 "--attention-dim", "16", "--decoder-dim", "16", "--embed-dim", "16", "--max-len", "10",
-                 "--dropout", "0", "--attention-supervision", "0.5", "--num-train", "24", "--num-val", "6",
+                 "--encoder-stem", "2", "--encoder-downsample", "2", "--attention-dim", "16", "--decoder-dim", "16",
+                 "--embed-dim", "16", "--max-len", "10",
+                 "--dropout", "0", "--attention-supervision", "0.5",
+                 "--attention-supervision-region", "mask", "--num-train", "24", "--num-val", "6",
                  "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--beam-size", "2",
                  "--scst-epochs", "1", "--scst-samples", "2", "--no-progress", "--threads", "1"]) == 0
     config = read_checkpoint(run / "best.safetensors").config
     assert config["gate"] == "scalar" and config["deep_output"] is True and config["init_activation"] == "tanh"
-    assert config["attention_supervision"] == 0.5 and config["dropout"] == 0.0
+    assert config["attention_supervision"] == 0.5 and config["attention_supervision_region"] == "mask"
+    assert config["dropout"] == 0.0
+    assert (config["encoder"]["stem"], config["encoder"]["num_downsample"]) == (2, 2)
     xe = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert xe["train_loss_attention_sup"] > 0
     scst = json.loads((run / "scst" / "metrics.jsonl").read_text().splitlines()[-1])
@@ -74,5 +78,9 @@ def test_preset_attention_supervision_and_self_critical_training(tmp_path):
     assert (run / "scst" / "last.safetensors").is_file()
     with pytest.raises(SystemExit):
         main(["train", "caption", "--run-dir", str(run), "--preset", "nope"])
+    assert main(["train", "caption", "--run-dir", str(tmp_path / "bad"), "--encoder-downsample", "-1"]) == 1
+    assert "EncoderConfig.num_downsample: expected an int >= 0, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: not a positive int
+        main(["train", "caption", "--run-dir", str(tmp_path / "bad"), "--encoder-stem", "0"])
     assert main(["train", "caption", "--run-dir", str(run), "--preset", "paper",
                  "--config", str(run / "train_config.json")]) == 2
