@@ -50,6 +50,8 @@ def test_data_make_writes_images_and_annotations(tmp_path):
         assert (tmp_path / record["file"]).is_file()
         assert len(record["boxes"]) == len(record["labels"]) == len(record["class_names"]) >= 1
         assert len(record["captions"]) == len(record["alignment"]) >= 5
+        assert [o["class_name"] for o in record["objects"]] == record["class_names"]
+        assert all(set(o) == {"class_name", "colour", "size"} for o in record["objects"])
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from visattn.data.images import ImageLoadError
 from visattn.data.vocab import Vocabulary
 from visattn.metrics.attention_correctness import AttentionCorrectness, align_words, mass_in_masks, word_objects
 from visattn.data.caption_data import CaptionDataset, build_vocabulary, collate, scene_data, teacher_forced_objects
+from visattn.metrics.caption_content import caption_content
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +204,27 @@ def test_train_then_caption_writes_checkpoint_and_figures(scenes, tmp_path, caps
                  "--n-best", "2", "--max-len", "6", "--out", str(tmp_path / "figures"), "--device", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[3] for line in lines[:2]] == [c.text for c in results[0].captions]
+    # --annotations: what the best caption says against each annotated scene, the content metric's own numbers
+    made = tmp_path / "made"
+    assert main(["data", "make", "--kind", "caption", "--num", "2", "--out", str(made), "--image-size", "32"]) == 0
+    scenes_made = [json.loads(x) for x in (made / "annotations.jsonl").read_text().splitlines()]
+    images = [str(made / r["file"]) for r in scenes_made] + [str(path)]
+    capsys.readouterr()
+    assert main(["caption", *images, "--checkpoint", checkpoint, "--image-size", "32", "--max-len", "8",
+                 "--annotations", str(made / "annotations.jsonl"), "--out", str(tmp_path / "annotated")]) == 0
+    rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+    best = {r[0]: r[3] for r in rows if r[1] == "1"}
+    content = {r[0]: r[2] for r in rows if r[1] == "content"}
+    for image, record in zip(images, scenes_made):
+        expected = caption_content(best[image], record["objects"])
+        assert json.loads(content[image]) == {k: round(expected[k], 4) for k in json.loads(content[image])}
+        assert "object_f1" in json.loads(content[image])
+    assert content[str(path)].startswith("- (not in")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(json.dumps({"file": "images/0.png", "captions": ["a red star"]}) + "\n")
+    assert main(["caption", images[0], "--checkpoint", checkpoint, "--annotations", str(broken),
+                 "--out", str(tmp_path / "annotated")]) == 1
+    assert f"{broken}:1: field 'objects'" in capsys.readouterr().err
     if results[0].words:  # an untrained model may end at once; then there is no word to draw
         figures = sorted((tmp_path / "figures").iterdir())
         assert [p.suffix for p in figures] == [".gif", ".png"] and all(p.stat().st_size > 0 for p in figures)

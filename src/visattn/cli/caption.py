@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from visattn.attention import list_attentions
@@ -105,6 +106,10 @@ def register(commands: dict) -> None:
     caption.add_argument("--image-size", type=positive_int, default=None,
                          help="resize images to this side (default: the checkpoint's training size)")
     caption.add_argument("--out", type=Path, default=Path("captions"), help="folder for the figures")
+    caption.add_argument("--annotations", type=Path, default=None, metavar="JSONL",
+                         help="an annotations.jsonl of `visattn data make --kind caption`: for each image it lists, "
+                              "also print what the best caption says against the scene (object, attribute and "
+                              "count F1)")
     add_device_option(caption)
     caption.set_defaults(handler=run_caption)
 
@@ -178,10 +183,12 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_caption(args: argparse.Namespace) -> int:
+    from visattn.metrics.caption_content import caption_content
     from visattn.viz import caption_figure
 
     if args.n_best > args.beam_size:
         raise UsageError(f"--n-best ({args.n_best}) cannot exceed --beam-size ({args.beam_size})")
+    scenes = _scene_objects(args.annotations) if args.annotations is not None else None
     predictor = load_predictor(args, "caption")
     prepared = predictor.preprocess(args.images)
     results = predictor.predict(prepared, beam_size=args.beam_size, n_best=args.n_best, max_len=args.max_len)
@@ -194,4 +201,40 @@ def run_caption(args: argparse.Namespace) -> int:
             figures = caption_figure(image, result.words, result.attention, stem.with_suffix(".png"),
                                      stem.with_suffix(".gif"))
         print(f"{result.source}\tfigures\t{' '.join(str(p) for p in figures) or '-'}")
+        if scenes is not None:
+            objects = scenes.get(Path(result.source).resolve())
+            if objects is None:
+                print(f"{result.source}\tcontent\t- (not in {args.annotations})")
+            else:
+                scores = caption_content(result.caption, objects)
+                print(f"{result.source}\tcontent\t" + json.dumps(
+                    {key: round(scores[key], 4) for key in CONTENT_KEYS}))
     return 0
+
+
+CONTENT_KEYS = ("object_precision", "object_recall", "object_f1", "attribute_f1", "count_f1", "content_exact")
+
+
+def _scene_objects(path: Path) -> dict[Path, list[dict]]:
+    """Each annotated image's objects (class_name, colour, size), keyed by the image's resolved path."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError as err:
+        raise CliError(f"--annotations: file not found: {path}") from err
+    scenes: dict[Path, list[dict]] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CliError(f"{path}:{number}: not valid JSON: {err.msg}") from err
+        if not isinstance(record, dict) or not isinstance(record.get("file"), str):
+            raise CliError(f"{path}:{number}: a record needs a 'file' string")
+        objects = record.get("objects")
+        if not isinstance(objects, list) or not all(
+                isinstance(o, dict) and {"class_name", "colour", "size"} <= set(o) for o in objects):
+            raise CliError(f"{path}:{number}: field 'objects' must list each object's class_name, colour and size "
+                           f"(written by `visattn data make --kind caption`)")
+        scenes[(path.parent / record["file"]).resolve()] = objects
+    return scenes

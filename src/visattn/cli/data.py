@@ -24,7 +24,8 @@ def register(commands: dict) -> None:
     make = sub.add_parser(
         "make", help="render procedural scenes with their annotations",
         description="Render scenes as PNG files plus annotations.jsonl (boxes xyxy in pixels, labels, class "
-                    "names, and for captions the reference captions and their word-to-object alignment).")
+                    "names, and for captions the reference captions, their word-to-object alignment and each object's "
+                    "class, colour and size: what `visattn caption --annotations` scores a caption's content against).")
     make.add_argument("--kind", choices=["single", "multi", "caption"], default="single",
                       help="single: one object among clutter (classification); multi: 1-4 objects (detection); "
                            "caption: 1-4 objects with captions")
@@ -71,7 +72,9 @@ def run_make(args: argparse.Namespace) -> int:
                   "boxes": sample["boxes"].tolist(), "labels": sample["labels"].tolist(),
                   "class_names": [dataset.class_names[k] for k in sample["labels"].tolist()]}
         if "captions" in sample:
-            record.update(captions=sample["captions"], alignment=sample["alignment"])
+            record.update(captions=sample["captions"], alignment=sample["alignment"],
+                          objects=[{key: obj[key] for key in ("class_name", "colour", "size")}
+                                   for obj in sample["objects"]])
         lines.append(json.dumps(record) + "\n")
     write_atomic(args.out / "annotations.jsonl", lambda tmp: tmp.write_text("".join(lines), encoding="utf-8"))
     print(f"wrote {len(dataset)} {args.kind} scenes to {args.out}")
