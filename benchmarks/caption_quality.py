@@ -53,6 +53,7 @@ from visattn.attention import AdditiveAttention, AttentionKeys, register_attenti
 from visattn.data.caption_data import CaptionDataset, collate, scene_data
 from visattn.encoders import EncoderConfig
 from visattn.engine import TrainConfig, fit, seed_everything
+from visattn.heads.attention_supervision import REGIONS
 from visattn.heads.captioner import CaptionerConfig
 from visattn.heads.scst import CaptionReward
 from visattn.models import build_model, load
@@ -285,7 +286,7 @@ def main() -> None:
                         help="also score the last epoch's weights and beam search with length_penalty 1")
     parser.add_argument("--tag", default="", help="a name for this run, copied into the summary")
     parser.add_argument("--attention-supervision", type=float, default=1.0, help="λ of soft_supervised")
-    parser.add_argument("--supervision-region", default="box_and_mask", choices=("box", "mask", "box_and_mask"),
+    parser.add_argument("--supervision-region", default="box_and_mask", choices=REGIONS,
                         help="soft_supervised's region: box and mask correctness both reach about their targets "
                              "with the mean of the two masses (docs/design.md)")
     parser.add_argument("--hard-reinforce", type=float, default=0.1,

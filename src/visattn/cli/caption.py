@@ -11,6 +11,7 @@ from visattn.cli.common import (
     CliError, UsageError, add_device_option, add_strict_option, add_train_options, load_json_config, load_predictor,
     positive_int, report_metrics, report_training, train_config_from_args,
 )
+from visattn.heads.attention_supervision import REGIONS
 from visattn.heads.captioner_config import PRESETS
 
 __all__ = ["register"]
@@ -56,7 +57,7 @@ def register(commands: dict) -> None:
     model.add_argument("--attention-supervision", type=float, default=None, metavar="LAMBDA",
                        help="weight of the loss on the attention mass inside each aligned word's object (procedural "
                             "scenes only: they carry word-to-object alignments; default: 0, off)")
-    model.add_argument("--attention-supervision-region", choices=["box", "mask", "box_and_mask"], default=None,
+    model.add_argument("--attention-supervision-region", choices=REGIONS, default=None,
                        help="where the supervised attention mass must fall: the object's box (default), its "
                             "pixels, or the mean of the two masses")
     model.add_argument("--max-len", type=positive_int, default=None, help="most tokens generated, <end> included")

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from visattn.attention import attention_class, list_attentions
 from visattn.encoders import EncoderConfig
+from visattn.heads.attention_supervision import REGIONS
 
 __all__ = ["CaptionerConfig", "PRESETS"]
 
@@ -155,9 +156,9 @@ class CaptionerConfig:
             raise ValueError(f"CaptionerConfig.init_scheme: expected 'pytorch' or 'uniform', got {self.init_scheme!r}")
         if self.attention_supervision > 0 and self.attention == "none":
             raise ValueError("CaptionerConfig.attention_supervision: needs an attention (attention='none' has no maps)")
-        if self.attention_supervision_region not in ("box", "mask", "box_and_mask"):
-            raise ValueError(f"CaptionerConfig.attention_supervision_region: expected 'box', 'mask' or "
-                             f"'box_and_mask', got {self.attention_supervision_region!r}")
+        if self.attention_supervision_region not in REGIONS:
+            raise ValueError(f"CaptionerConfig.attention_supervision_region: expected one of {', '.join(REGIONS)}, "
+                             f"got {self.attention_supervision_region!r}")
         for name in ("alpha_c", "attention_supervision", "hard_reinforce", "hard_entropy"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"CaptionerConfig.{name}: expected a weight >= 0, got {getattr(self, name)!r}")
