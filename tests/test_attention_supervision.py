@@ -40,6 +40,8 @@ def test_targets_follow_the_alignment_and_the_loss_is_minus_log_mass(batch):
         words = len(batch["alignment"][i][index])
         assert targets["objects"][i, :words].tolist() == batch["alignment"][i][index]
         assert bool((targets["objects"][i, words:] == -1).all())  # <end> and padding are not aligned
+        assert bool((targets["inside"][i, len(batch["boxes"][i]):] == 0).all())  # slots past its objects
+    assert len({len(b) for b in batch["boxes"]}) > 1  # images with different object counts share the batch
     torch.manual_seed(1)
     attention = torch.rand(len(batch["tokens"]), steps, 4, 4).softmax(dim=-1).requires_grad_()
     loss = loss_attention_sup(attention, targets)
@@ -104,7 +106,7 @@ def test_caption_task_supervises_the_configured_region(batch):
         expected = loss_attention_sup(out["attention"], attention_targets(batch, out["attention"].shape[-2:],
                                                                           region=region))
         torch.testing.assert_close(terms["loss_attention_sup"], expected)
-        losses[region] = float(expected)
+        losses[region] = float(expected.detach())
     assert losses["mask"] > losses["box_and_mask"] > losses["box"]
     inside = {region: attention_targets(batch, (4, 4), region=region)["inside"] for region in losses}
     torch.testing.assert_close(inside["box_and_mask"], (inside["box"] + inside["mask"]) / 2)  # the mean mass

@@ -100,28 +100,29 @@ def attention_targets(batch: Mapping[str, Any], grid: tuple[int, int], *, region
     size = tuple(batch["masks"][0].shape[-2:])
     steps = tokens.shape[1] - 1
     objects = torch.full((len(tokens), steps), -1, dtype=torch.long)
-    per_image = []
     for i, index in enumerate(batch["caption_index"]):
         length = int(batch["lengths"][i])
         aligned = teacher_forced_objects(batch["captions"][i][index], batch["alignment"][i][index], tokens[i, :length])
         if aligned is not None:
             objects[i, : len(aligned)] = torch.tensor(aligned, dtype=torch.long)
-        if region == "box":
-            regions = box_masks(torch.as_tensor(batch["boxes"][i]).reshape(-1, 4), size)  # (N, H, W)
-        elif region == "mask":
-            regions = torch.as_tensor(batch["masks"][i]).bool()
-        else:  # weight 1 on the glyph, ½ on the rest of its box: the mean of the two masses
-            box = box_masks(torch.as_tensor(batch["boxes"][i]).reshape(-1, 4), size)
-            regions = (box.float() + torch.as_tensor(batch["masks"][i]).float()) / 2
-        per_image.append(regions)
-    most = max(1, max(len(r) for r in per_image))
-    inside = torch.zeros(len(tokens), most, grid[0] * grid[1])
-    total = None
-    for i, regions in enumerate(per_image):
-        if len(regions):
-            inside[i, : len(regions)], total = cell_weights(regions, grid)
-    if total is None:
-        total = _upsampled_cells(tuple(grid), size).flatten(1).sum(dim=1)
+    # Every object of the batch at once: one (M, H, W) stack of regions and one product for their cell weights
+    # (image by image, this was most of the targets' cost, about a tenth of a supervised training step).
+    counts = [len(m) for m in batch["masks"]]
+    inside = torch.zeros(len(tokens), max(1, *counts), grid[0] * grid[1])
+    if region != "mask":
+        box = box_masks(torch.cat([torch.as_tensor(b).reshape(-1, 4) for b in batch["boxes"]]), size)  # (M, H, W)
+    if region != "box":
+        mask = torch.cat([torch.as_tensor(m).reshape(-1, *size) for m in batch["masks"]]).bool()  # (M, H, W)
+    if region == "box":
+        regions = box
+    elif region == "mask":
+        regions = mask
+    else:  # weight 1 on the glyph, ½ on the rest of its box: the mean of the two masses
+        regions = (box.float() + mask.float()) / 2
+    weights, total = cell_weights(regions, grid)  # (M, L), (L,)
+    rows = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))  # (M,) image of each object
+    slots = torch.cat([torch.arange(n) for n in counts])  # (M,) its index in the image
+    inside[rows, slots] = weights
     return AttentionTargets(objects=objects, inside=inside, total=total)
 
 
