@@ -57,7 +57,8 @@ def test_data_make_writes_images_and_annotations(tmp_path):
 @pytest.mark.slow
 def test_preset_attention_supervision_and_self_critical_training(tmp_path, capsys):
     """--preset paper, --attention-supervision and --scst-epochs reach the model and the engine: the checkpoint
-    holds the paper's choices and λ, the supervision term is trained, and SCST continues into RUN_DIR/scst."""
+    holds the paper's choices and λ, the supervision term is trained, and SCST (with the content reward, which
+    reads the scenes' objects) continues into RUN_DIR/scst."""
     from visattn.checkpoint import read_checkpoint
 
     run = tmp_path / "run"
@@ -67,7 +68,8 @@ def test_preset_attention_supervision_and_self_critical_training(tmp_path, capsy
                  "--dropout", "0", "--attention-supervision", "0.5",
                  "--attention-supervision-region", "mask", "--num-train", "24", "--num-val", "6",
                  "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--beam-size", "2",
-                 "--scst-epochs", "1", "--scst-samples", "2", "--no-progress", "--threads", "1"]) == 0
+                 "--scst-epochs", "1", "--scst-samples", "2", "--scst-content", "2", "--no-progress",
+                 "--threads", "1"]) == 0
     config = read_checkpoint(run / "best.safetensors").config
     assert config["gate"] == "scalar" and config["deep_output"] is True and config["init_activation"] == "tanh"
     assert config["attention_supervision"] == 0.5 and config["attention_supervision_region"] == "mask"

@@ -81,3 +81,38 @@ def test_bad_arguments():
         loss_scst(model, features, REFS, CaptionReward(REFS), baseline="mean", num_samples=1)
     with pytest.raises(ValueError, match="needs the training references"):
         CaptionReward([])
+
+
+SCENE = [{"class_name": "seven", "colour": "red", "size": "large"}, {"class_name": "star", "colour": "blue", "size": "small"}]
+
+
+def test_content_reward_pays_for_the_right_objects_only():
+    refs = [[["a", "large", "red", "seven", "and", "a", "small", "blue", "star"]]]
+    content = CaptionReward(refs, weights={"content": 1.0})
+    right = ["a", "small", "blue", "star", "and", "a", "red", "seven"]  # another order, the same objects
+    wrong_class = ["a", "large", "red", "eight", "and", "a", "small", "blue", "star"]
+    missing = ["a", "large", "red", "seven"]
+    scores = content([right, wrong_class, missing], refs * 3, [SCENE] * 3)
+    torch.testing.assert_close(scores, torch.tensor([1.0, 0.5, 2 / 3]))
+    # mixed with CIDEr-D: the sum of the two, each with its weight
+    mixed = CaptionReward(refs, weights={"CIDEr-D": 1.0, "content": 2.0})
+    cider = CaptionReward(refs)
+    torch.testing.assert_close(mixed([wrong_class], refs, [SCENE]), cider([wrong_class], refs) + 2.0 * 0.5)
+    assert not cider.needs_objects and mixed.needs_objects
+    with pytest.raises(ValueError, match="'content' reward needs each image's scene objects"):
+        mixed([right], refs)
+    with pytest.raises(ValueError, match="1 candidates but 2 object lists"):
+        mixed([right], refs, [SCENE, SCENE])
+
+
+def test_loss_with_the_content_reward_reaches_the_scene_objects():
+    model = tiny().train()
+    features, _ = model.encode(torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)))
+    scenes = [[{"class_name": "w0", "colour": None, "size": None}]] * 3
+    reward = CaptionReward(REFS, weights={"CIDEr-D": 1.0, "content": 1.0})
+    torch.manual_seed(3)
+    terms = loss_scst(model, features, REFS, reward, num_samples=2, baseline="greedy", objects=scenes)
+    terms["loss_scst"].backward()
+    assert model.out_vocab.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="'content' reward needs each image's scene objects"):
+        loss_scst(model, features, REFS, reward, num_samples=2, baseline="mean")

@@ -71,7 +71,9 @@ def register(commands: dict) -> None:
     model.add_argument("--encoder-weights", default=None, help="local state_dict file or 'torch-cache'")
     model.add_argument("--grid", type=positive_int, default=None, help="pool the grid to NxN (paper: 14)")
     model.add_argument("--encoder-lr", type=float, default=None,
-                       help="learning rate of the encoder (default: --lr; 0 freezes it)")
+                       help="learning rate of the encoder (default: --lr; 0 freezes it). With "
+                            "--attention-supervision, 5 × --lr taught the small CNN the classes much sooner "
+                            "(docs/design.md)")
     model.add_argument("--feature-cache", type=Path, default=None,
                        help="folder: encode images once with the frozen encoder and train from the cache")
     model.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32")
@@ -83,6 +85,9 @@ def register(commands: dict) -> None:
     scst.add_argument("--scst-samples", type=positive_int, default=5, help="captions sampled per image")
     scst.add_argument("--scst-lr", type=float, default=None, help="learning rate of SCST (default: --lr / 10)")
     scst.add_argument("--scst-bleu", type=float, default=0.0, help="weight of BLEU-4 beside CIDEr-D in the reward")
+    scst.add_argument("--scst-content", type=float, default=0.0,
+                      help="weight of the content score (object F1 against the scene; procedural scenes only) "
+                           "beside CIDEr-D in the reward")
     add_train_options(train)
     train.set_defaults(handler=run_train)
 
@@ -164,7 +169,8 @@ def run_train(args: argparse.Namespace) -> int:
                              max_len=args.max_len, encoder_lr=args.encoder_lr, feature_cache=args.feature_cache,
                              cache_dtype=args.cache_dtype, mode=args.mode,
                              scst={"epochs": args.scst_epochs, "baseline": args.scst_baseline,
-                                   "samples": args.scst_samples, "lr": args.scst_lr, "bleu": args.scst_bleu})
+                                   "samples": args.scst_samples, "lr": args.scst_lr, "bleu": args.scst_bleu,
+                                   "content": args.scst_content})
     return report_training(result)
 
 

@@ -1,7 +1,8 @@
 """Self-critical sequence training (Rennie et al., CVPR 2017; the mean-of-samples baseline of Luo, 2020).
 
 After cross-entropy training, the captioner is trained to maximise the expected reward (CIDEr-D, optionally
-mixed with BLEU-4) of the captions it samples itself, with REINFORCE and a baseline that needs no critic:
+mixed with BLEU-4 and, on procedural scenes, the exact content score) of the captions it samples itself, with
+REINFORCE and a baseline that needs no critic:
 
     for each image: sample K captions w^1..w^K ~ p(w | I) (the model in training mode), rewards r^k
     baseline b^k = r(greedy caption of I)                     ("greedy", Rennie et al.)
@@ -15,6 +16,12 @@ as the self-critical implementations do: scoring a batch against its own referen
 idf of every n-gram depend on the batch. A reward is a short Python loop over n-grams: measured on the
 benchmark's scenes (batch 64 × 5 samples of up to 24 tokens, 1 thread) it takes ~10% of an SCST step
 (1.1 s of 10 s; the step's sampling and backward are the rest), so it is not vectorised (docs/design.md).
+
+The ``content`` reward is SPIDEr's idea (Liu et al., ICCV 2017: CIDEr for fluency plus SPICE for content)
+made exact: the object F1 of :mod:`visattn.metrics.caption_content` against the scene's own objects. CIDEr-D
+alone can be earned with n-grams every reference shares ("a small", "and a") while naming the wrong object;
+the content term pays for the right objects only. It needs the scenes' objects, which Karpathy and COCO data
+do not have (a ``ValueError`` says so).
 """
 
 from __future__ import annotations
@@ -23,16 +30,18 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from visattn.metrics.caption_content import caption_content
 from visattn.metrics.captions import ngram_counts, sentence_bleu
 
 __all__ = ["BASELINES", "CaptionReward", "SampledCaptions", "sample_captions", "loss_scst"]
 
 BASELINES = ("greedy", "mean")
-REWARDS = ("CIDEr-D", "BLEU-4")
+REWARDS = ("CIDEr-D", "BLEU-4", "content")
 
 
 class CaptionReward:
@@ -41,7 +50,8 @@ class CaptionReward:
     Args:
         train_references: per training image, its reference captions as token lists; the document
             frequencies of CIDEr-D come from these, once.
-        weights: metric -> weight, metrics among "CIDEr-D" and "BLEU-4" (default: CIDEr-D alone).
+        weights: metric -> weight, metrics among "CIDEr-D", "BLEU-4" and "content" (the object F1 of the
+            caption against its scene's objects; module docstring) (default: CIDEr-D alone).
         sigma: CIDEr-D's length-penalty standard deviation.
 
     Raises:
@@ -87,17 +97,32 @@ class CaptionReward:
                 total += penalty * dot / (cand_norms[n] * ref_norms[n])
         return 10.0 * total / (self.max_n * max(len(references), 1))
 
-    def __call__(self, candidates: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]]) -> Tensor:
-        """Rewards (N,) float32 of N candidates, each against its own references."""
+    @property
+    def needs_objects(self) -> bool:
+        """True when the reward scores content, so each candidate needs its scene's objects."""
+        return bool(self.weights.get("content"))
+
+    def __call__(self, candidates: Sequence[Sequence[str]], references: Sequence[Sequence[Sequence[str]]],
+                 objects: Sequence[Sequence[Mapping[str, Any]]] | None = None) -> Tensor:
+        """Rewards (N,) float32 of N candidates, each against its own references (and, for the content
+        reward, its own scene's ``objects``: dicts with ``class_name``, ``colour`` and ``size``)."""
         if len(candidates) != len(references):
             raise ValueError(f"CaptionReward: {len(candidates)} candidates but {len(references)} reference lists")
+        if self.needs_objects:
+            if objects is None:
+                raise ValueError("CaptionReward: the 'content' reward needs each image's scene objects (procedural "
+                                 "scenes have them; Karpathy and COCO data do not): drop it from the weights")
+            if len(objects) != len(candidates):
+                raise ValueError(f"CaptionReward: {len(candidates)} candidates but {len(objects)} object lists")
         rewards = []
-        for candidate, refs in zip(candidates, references):
+        for i, (candidate, refs) in enumerate(zip(candidates, references)):
             value = 0.0
             if self.weights.get("CIDEr-D"):
                 value += self.weights["CIDEr-D"] * self.cider_d(candidate, refs)
             if self.weights.get("BLEU-4"):
                 value += self.weights["BLEU-4"] * sentence_bleu(list(candidate), [list(r) for r in refs])[3]
+            if self.needs_objects:
+                value += self.weights["content"] * caption_content(" ".join(candidate), objects[i])["object_f1"]
             rewards.append(value)
         return torch.tensor(rewards, dtype=torch.float32)
 
@@ -161,7 +186,8 @@ def sample_captions(model: nn.Module, features: Tensor, *, num_samples: int, max
 
 def loss_scst(model: nn.Module, features: Tensor, references: Sequence[Sequence[Sequence[str]]],
               reward: CaptionReward, *, num_samples: int = 5, baseline: str = "greedy",
-              max_len: int | None = None) -> dict[str, Tensor]:
+              max_len: int | None = None,
+              objects: Sequence[Sequence[Mapping[str, Any]]] | None = None) -> dict[str, Tensor]:
     """The self-critical loss of one batch (module docstring).
 
     Args:
@@ -172,6 +198,7 @@ def loss_scst(model: nn.Module, features: Tensor, references: Sequence[Sequence[
         num_samples: K captions sampled per image.
         baseline: "greedy" (reward of the greedy caption) or "mean" (mean reward of the other K-1 samples).
         max_len: most tokens per caption (default: the model's ``config.max_len``).
+        objects: per image, its scene's objects; needed by the ``content`` reward only.
 
     Returns:
         ``loss_scst`` (differentiable), and detached ``reward`` (mean sample reward) and ``reward_baseline``.
@@ -189,12 +216,13 @@ def loss_scst(model: nn.Module, features: Tensor, references: Sequence[Sequence[
     vocab = model.config.vocab
     sampled = sample_captions(model, features, num_samples=num_samples, max_len=max_len)
     repeated = [refs for refs in references for _ in range(num_samples)]  # row b·K + k -> image b
-    rewards = reward(sampled.words(vocab, model.end_id), repeated).to(features.device)  # (B·K,)
+    scenes = None if objects is None else [objs for objs in objects for _ in range(num_samples)]
+    rewards = reward(sampled.words(vocab, model.end_id), repeated, scenes).to(features.device)  # (B·K,)
     per_image = rewards.view(-1, num_samples)  # (B, K)
     if baseline == "greedy":
         greedy = model.generate(features=features.detach(), beam_size=1, max_len=max_len)
         words = [[vocab[t] for t in hyps[0].tokens] for hyps in greedy]
-        base = reward(words, references).to(features.device).unsqueeze(1).expand_as(per_image)  # (B, K)
+        base = reward(words, references, objects).to(features.device).unsqueeze(1).expand_as(per_image)  # (B, K)
     else:  # the mean of the other samples of the same image
         base = (per_image.sum(dim=1, keepdim=True) - per_image) / (num_samples - 1)
     advantage = (per_image - base).reshape(-1)  # (B·K,)

@@ -265,7 +265,8 @@ class SelfCriticalTask(CaptionTask):
     :mod:`visattn.heads.scst` is the only weighted term; validation and checkpoints as :class:`CaptionTask`.
 
     Args:
-        reward: the reward (CIDEr-D, optionally mixed with BLEU-4), built once from the training references.
+        reward: the reward (CIDEr-D, optionally mixed with BLEU-4 and the content score), built once from the
+            training references.
         num_samples: K captions sampled per image.
         baseline: "greedy" (the greedy caption's reward) or "mean" (the mean of the other K-1 samples).
         **options: :class:`CaptionTask`'s.
@@ -283,8 +284,12 @@ class SelfCriticalTask(CaptionTask):
         core = unwrap(model)
         features = inputs["features"] if "features" in inputs else core.encode(inputs["images"])[0]  # (B, L, C)
         references = [[tokenize(c) for c in captions] for captions in batch["captions"]]
+        objects = batch.get("objects") if self.reward.needs_objects else None
+        if self.reward.needs_objects and objects is None:
+            raise ValueError("self-critical training: the 'content' reward needs the scenes' objects, and this data "
+                             "has none (procedural scenes have them; Karpathy and COCO do not): drop --scst-content")
         return loss_scst(core, features, references, self.reward, num_samples=self.num_samples,
-                         baseline=self.baseline)
+                         baseline=self.baseline, objects=objects)
 
 
 def _self_critical(model_config: CaptionerConfig, data: CaptionData, train_items: Dataset, val_set: Dataset,
@@ -295,7 +300,8 @@ def _self_critical(model_config: CaptionerConfig, data: CaptionData, train_items
 
     model = load(run_dir / "best.safetensors", task="caption")
     reward = CaptionReward([[list(c) for c in refs] for refs in data.train.tokens],
-                           weights={"CIDEr-D": 1.0, **({"BLEU-4": scst["bleu"]} if scst.get("bleu") else {})})
+                           weights={"CIDEr-D": 1.0, **({"BLEU-4": scst["bleu"]} if scst.get("bleu") else {}),
+                                    **({"content": scst["content"]} if scst.get("content") else {})})
     task = SelfCriticalTask(reward, num_samples=scst.get("samples", 5), baseline=scst.get("baseline", "mean"),
                             beam_size=beam_size, max_len=max_len)
     images = CaptionDataset(train_items, data.train.tokens, data.vocab, mode="images")
@@ -337,7 +343,8 @@ def train_captioner(model_config: CaptionerConfig, data: CaptionData, train_conf
         cache_dtype: "float32" or "float16" for the cache.
         mode: "pairs" or "random" (see :class:`~visattn.data.caption_data.CaptionDataset`).
         scst: after cross entropy, self-critical training from its best weights into ``run_dir/scst``:
-            ``{"epochs": N, "samples": K, "baseline": "mean" | "greedy", "lr": ..., "bleu": weight of BLEU-4}``
+            ``{"epochs": N, "samples": K, "baseline": "mean" | "greedy", "lr": ..., "bleu": weight of BLEU-4,
+            "content": weight of the content score (procedural scenes only)}``
             (a resumed run that had finished its cross-entropy epochs goes straight to SCST).
 
     Returns:
