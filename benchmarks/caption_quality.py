@@ -140,9 +140,13 @@ def measure_speed(model, items, loss_fn, *, batch_size: int, steps: int, seed: i
 
 def train(model, data, items, loss_fn, *, seconds: float, epochs: int | None, args, run_dir: Path,
           train_overrides: dict, lr: float, warmup_steps: int = 100,
-          task: CaptionTask | None = None) -> tuple[dict, int, float]:
-    """Train ``model`` on ``items`` with ``task`` (``loss_fn`` is its loss, timed first) for a wall budget."""
-    speed = measure_speed(model, items, loss_fn, batch_size=args.batch_size, steps=args.speed_steps, seed=args.seed)
+          task: CaptionTask | None = None, speed: float | None = None,
+          encoder_lr: float | None = None) -> tuple[dict, int, float]:
+    """Train ``model`` on ``items`` with ``task`` (``loss_fn`` is its loss, timed first unless ``speed`` gives
+    the images per second of the same model and loss measured earlier in the run) for a wall budget."""
+    if speed is None:
+        speed = measure_speed(model, items, loss_fn, batch_size=args.batch_size, steps=args.speed_steps,
+                              seed=args.seed)
     if epochs is None:  # whole epochs over a fixed subset sized so that they fill the budget (no rounding)
         budget = seconds * speed  # images
         epochs = max(1, math.ceil(budget / len(items)))
@@ -150,7 +154,8 @@ def train(model, data, items, loss_fn, *, seconds: float, epochs: int | None, ar
         items = torch.utils.data.Subset(items, sorted(keep[: max(args.batch_size, int(budget / epochs))].tolist()))
     train_config = TrainConfig(**{**dict(epochs=epochs, batch_size=args.batch_size, lr=lr, warmup_steps=warmup_steps,
                                          seed=args.seed, device="cpu", progress=False), **train_overrides})
-    task = task or CaptionTask(beam_size=args.beam_size, hard=model.config.attention_mode == "hard")
+    task = task or CaptionTask(beam_size=args.beam_size, hard=model.config.attention_mode == "hard",
+                               encoder_lr=encoder_lr)
     val = CaptionDataset(data.val, data.val.tokens, data.vocab, mode="images")
     return fit(model, task, items, val, train_config, run_dir), epochs, speed
 
@@ -265,6 +270,9 @@ def main() -> None:
     parser.add_argument("--beam-size", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--encoder-lr", type=float, default=None,
+                        help="the encoder's learning rate in cross entropy (default: --lr; soft_supervised: "
+                             "--supervised-encoder-lr-scale × --lr)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {list(MODELS)}")
@@ -286,6 +294,9 @@ def main() -> None:
                         help="also score the last epoch's weights and beam search with length_penalty 1")
     parser.add_argument("--tag", default="", help="a name for this run, copied into the summary")
     parser.add_argument("--attention-supervision", type=float, default=1.0, help="λ of soft_supervised")
+    parser.add_argument("--supervised-encoder-lr-scale", type=float, default=5.0,
+                        help="soft_supervised's encoder learns at this × --lr: with the attention told where each "
+                             "word's object is, the CNN's classes are the slow part (docs/design.md)")
     parser.add_argument("--supervision-region", default="box_and_mask", choices=REGIONS,
                         help="soft_supervised's region: box and mask correctness both reach about their targets "
                              "with the mean of the two masses (docs/design.md)")
@@ -300,6 +311,9 @@ def main() -> None:
     parser.add_argument("--scst-baseline", default="mean", choices=("greedy", "mean"))
     parser.add_argument("--scst-lr", type=float, default=2e-4)
     parser.add_argument("--scst-bleu", type=float, default=0.0, help="weight of BLEU-4 in the SCST reward")
+    parser.add_argument("--scst-content", type=float, default=10.0,
+                        help="weight of the exact content score (object F1) beside CIDEr-D in the SCST reward "
+                             "(SPIDEr's idea, made exact; docs/design.md)")
     parser.add_argument("--scst-epochs", type=int, default=None, help="SCST epochs instead of the budget share")
     parser.add_argument("--scst-from", type=Path, default=None,
                         help="soft_scst: skip cross entropy and start SCST from this checkpoint (use --scst-share 1; "
@@ -361,13 +375,21 @@ def main() -> None:
             (out / name / "best.safetensors").write_bytes(args.scst_from.read_bytes())
             history, epochs, speed = [], 0, 0.0
         else:
+            # soft_scst's cross entropy is soft's model and loss: it trains at soft's measured speed, so that a
+            # slow moment of the shared machine while it is timed does not cost it epochs (it did: docs/design.md)
+            same_as_soft = name == "soft_scst" and "soft" in results
+            encoder_lr = args.encoder_lr
+            if name == "soft_supervised" and encoder_lr is None:
+                encoder_lr = args.supervised_encoder_lr_scale * args.lr
             run, epochs, speed = train(model, data, items, xe_loss, seconds=xe_seconds, epochs=args.epochs,
-                                       args=args, run_dir=out / name, train_overrides=train_overrides, lr=args.lr)
+                                       args=args, run_dir=out / name, train_overrides=train_overrides, lr=args.lr,
+                                       speed=results["soft"]["measured_images_per_s"] if same_as_soft else None,
+                                       encoder_lr=encoder_lr)
             history = list(run["history"])
         if name == "soft_scst":  # self-critical training from the best cross-entropy weights
             model = load(out / name / "best.safetensors", task="caption")
             reward = CaptionReward([[list(c) for c in refs] for refs in data.train.tokens],
-                                   weights={"CIDEr-D": 1.0, "BLEU-4": args.scst_bleu})
+                                   weights={"CIDEr-D": 1.0, "BLEU-4": args.scst_bleu, "content": args.scst_content})
             images = CaptionDataset(data.train, data.train.tokens, data.vocab, mode="images")
             scst = SelfCriticalTask(reward, num_samples=args.scst_samples, baseline=args.scst_baseline,
                                     beam_size=args.beam_size)
@@ -399,6 +421,8 @@ def main() -> None:
               "seconds_per_model": args.seconds_per_model, "epochs": args.epochs,
               "encoder_config": asdict(config.encoder),
               "beam_size": args.beam_size, "threads": args.threads, "scst_share": args.scst_share,
+              "scst_content": args.scst_content, "encoder_lr": args.encoder_lr,
+              "supervised_encoder_lr_scale": args.supervised_encoder_lr_scale,
               "hard_budget": args.hard_budget, "attention_supervision": args.attention_supervision,
               "supervision_region": args.supervision_region, "batch_size": args.batch_size, "lr": args.lr,
               "seed": args.seed, "preset": args.preset, "set": model_overrides, "encoder": encoder_overrides,

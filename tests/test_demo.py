@@ -39,3 +39,18 @@ def test_demo_command_rejects_a_negative_supervision_weight(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--attention-supervision", "-1"]) == 2
     assert "--attention-supervision must be >= 0" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing trained or written
+
+
+@pytest.mark.slow
+def test_demo_trains_its_encoder_faster_and_writes_figures(tmp_path):
+    from visattn.checkpoint import optimizer_state, read_checkpoint
+    from visattn.tasks.demo import DEMO_ENCODER_LR_SCALE
+
+    torch.set_num_threads(1)
+    summary = run_caption_demo(tmp_path, seconds_budget=1.0, num_figures=1, beam_size=1, progress=False,
+                               printer=lambda *_: None)
+    assert summary["figures"] and all(p.endswith((".png", ".gif")) for p in summary["figures"])
+    assert 0.0 <= summary["metrics"]["object_f1"] <= 1.0
+    groups = optimizer_state(read_checkpoint(tmp_path / "run" / "last.safetensors"))["param_groups"]
+    decoder, encoder = (group["initial_lr"] for group in groups)
+    assert DEMO_ENCODER_LR_SCALE > 1 and encoder == pytest.approx(DEMO_ENCODER_LR_SCALE * decoder)
