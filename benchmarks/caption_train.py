@@ -117,7 +117,8 @@ def build_models(dims: Dims, *, dropout: float = 0.5, alpha_c: float = 0.0,
     # so that its weights count neither in the optimizer nor in memory.
     encoder = EncoderConfig(width=dims.encoder_dim, depth=1, num_downsample=0, trainable_from="none")
     config = CaptionerConfig(encoder=encoder, vocab=vocabulary(dims.vocab_size), attention="additive",
-                             gate="channel", deep_output=False, init_activation="tanh",  # the reference's tanh
+                             gate="channel", deep_output=False, output_context=False,
+                             init_activation="tanh",  # the reference's tanh
                              attention_dim=dims.attention_dim, decoder_dim=dims.decoder_dim,
                              embed_dim=dims.embed_dim, dropout=dropout,
                              alpha_c=alpha_c, max_len=dims.max_len)

@@ -202,10 +202,12 @@ def copy_to_captioner(decoder: ReferenceDecoder, captioner: nn.Module) -> None:
     config = captioner.config
     scoring = "additive" if decoder.attention.nonlinearity == "tanh" else "additive_relu"
     init = "tanh" if decoder.init_tanh else "none"
-    layout = (config.attention, config.gate, config.deep_output, config.attention_mode, config.init_activation)
-    if layout != (scoring, "channel", False, "soft", init):
+    layout = (config.attention, config.gate, config.deep_output, config.output_context, config.attention_mode,
+              config.init_activation)
+    if layout != (scoring, "channel", False, False, "soft", init):
         raise ValueError(f"copy_to_captioner needs CaptionerConfig(attention={scoring!r}, gate='channel', "
-                         f"deep_output=False, attention_mode='soft', init_activation={init!r})")
+                         f"deep_output=False, output_context=False, attention_mode='soft', "
+                         f"init_activation={init!r})")
     ref_att, att = decoder.attention, captioner.attention
     att.key_proj.weight.copy_(ref_att.encoder_att.weight)
     att.key_proj.bias.copy_(ref_att.encoder_att.bias + ref_att.decoder_att.bias)

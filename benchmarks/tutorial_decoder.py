@@ -71,7 +71,8 @@ class TutorialDecoder(nn.Module):
 def to_captioner(reference: TutorialDecoder) -> Captioner:
     """A Captioner computing the same function as ``reference`` (module docstring), in eval mode."""
     config = replace(reference.config, attention="additive_relu", attention_mode="soft", gate="channel",
-                     deep_output=False, init_activation="none", alpha_c=0.0, attention_supervision=0.0)
+                     deep_output=False, output_context=False, init_activation="none", alpha_c=0.0,
+                     attention_supervision=0.0)
     model = Captioner(config)
     model.encoder.load_state_dict(reference.encoder.state_dict())
     copy_to_captioner(reference.decoder, model)

@@ -141,7 +141,8 @@ def test_captioner_checkpoint_from_before_newer_fields_loads_with_what_it_was_tr
     config = CaptionerConfig(encoder=EncoderConfig(width=8, depth=2, num_downsample=2),
                              vocab=["<pad>", "<start>", "<end>", "<unk>", "a", "b"], attention_dim=8,
                              decoder_dim=16, embed_dim=8, dropout=0.0, init_activation="tanh",
-                             init_scheme="pytorch", hard_reward="caption", hard_baseline="moving_average")
+                             init_scheme="pytorch", hard_reward="caption", hard_baseline="moving_average",
+                             output_context=False)
     torch.manual_seed(0)
     model = build_model("captioner", config).eval()
     stored = config_to_dict(config)

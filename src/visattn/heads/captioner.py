@@ -72,10 +72,14 @@ class Captioner(nn.Module):
             self.out_context = nn.Linear(context_dim, embed, bias=False)  # L_z
         self.dropout = nn.Dropout(config.dropout)
         self.out_vocab = nn.Linear(embed if config.deep_output else dim, vocab_size)  # L_o
+        if config.output_context:
+            self.out_vocab_context = nn.Linear(context_dim, vocab_size, bias=False)  # ẑ_t straight to the words
         if config.init_scheme == "uniform":
             nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
             nn.init.uniform_(self.out_vocab.weight, -0.1, 0.1)
             nn.init.zeros_(self.out_vocab.bias)
+            if config.output_context:
+                nn.init.uniform_(self.out_vocab_context.weight, -0.1, 0.1)
         if config.attention_mode == "hard":
             self.register_buffer("reward_baseline", torch.zeros(()))
             self.register_buffer("reward_baseline_updates", torch.zeros((), dtype=torch.long))
@@ -128,10 +132,11 @@ class Captioner(nn.Module):
     def _logits(self, embedded: Tensor, h: Tensor, z: Tensor) -> Tensor:
         """Output layer on any leading shape: (..., E), (..., D), (..., C') -> (..., V)."""
         if self.config.deep_output:
-            hidden = torch.tanh(embedded + self.out_hidden(h) + self.out_context(z))
-        else:
-            hidden = h
-        return self.out_vocab(self.dropout(hidden))
+            return self.out_vocab(self.dropout(torch.tanh(embedded + self.out_hidden(h) + self.out_context(z))))
+        logits = self.out_vocab(self.dropout(h))
+        if self.config.output_context:
+            logits = logits + self.out_vocab_context(self.dropout(z))
+        return logits
 
     # ------------------------------------------------------------------ teacher-forced training pass
     def forward(self, images: Tensor | None = None, *, tokens: Tensor, lengths: Tensor | None = None,

@@ -111,7 +111,8 @@ class CaptionReward:
         if self.needs_objects:
             if objects is None:
                 raise ValueError("CaptionReward: the 'content' reward needs each image's scene objects (procedural "
-                                 "scenes have them; Karpathy and COCO data do not): drop it from the weights")
+                                 "scenes have them; Karpathy and COCO data do not): drop it from the weights "
+                                 "(visattn train caption: --scst-content 0)")
             if len(objects) != len(candidates):
                 raise ValueError(f"CaptionReward: {len(candidates)} candidates but {len(objects)} object lists")
         rewards = []

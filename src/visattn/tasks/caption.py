@@ -284,12 +284,8 @@ class SelfCriticalTask(CaptionTask):
         core = unwrap(model)
         features = inputs["features"] if "features" in inputs else core.encode(inputs["images"])[0]  # (B, L, C)
         references = [[tokenize(c) for c in captions] for captions in batch["captions"]]
-        objects = batch.get("objects") if self.reward.needs_objects else None
-        if self.reward.needs_objects and objects is None:
-            raise ValueError("self-critical training: the 'content' reward needs the scenes' objects, and this data "
-                             "has none (procedural scenes have them; Karpathy and COCO do not): drop --scst-content")
         return loss_scst(core, features, references, self.reward, num_samples=self.num_samples,
-                         baseline=self.baseline, objects=objects)
+                         baseline=self.baseline, objects=batch.get("objects"))  # scene objects: the content reward
 
 
 def _self_critical(model_config: CaptionerConfig, data: CaptionData, train_items: Dataset, val_set: Dataset,
