@@ -6,6 +6,8 @@
              h_t, c_t = LSTM([E y_{t-1}; ẑ_t], h_{t-1}, c_{t-1})
     logits_t = L_o(dropout(tanh(E y_{t-1} + L_h h_t + L_z ẑ_t)))          (deep output, eq. 7; the tanh
                                                                             is the authors' released code)
+          or L_o(dropout(h_t)) + L_z(dropout(ẑ_t))      (the default: linear, with the context's own path,
+                                                         ``output_context``; docs/design.md)
 
 Speed (docs/design.md): the image-only attention term is computed once per image. The batch runs in
 order of decreasing caption length, so step t runs only the first b_t rows, the captions still running
