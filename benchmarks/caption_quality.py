@@ -58,7 +58,7 @@ from visattn.heads.captioner import CaptionerConfig
 from visattn.heads.scst import CaptionReward
 from visattn.models import build_model, load
 from visattn.tasks.caption import CaptionTask, SelfCriticalTask, eval_dataset, evaluate_captioner
-from visattn.tasks.demo import demo_model_config
+from visattn.tasks.demo import DEMO_ENCODER_LR_SCALE, demo_model_config
 
 from tutorial_decoder import ReluAdditiveAttention, TutorialDecoder, to_captioner, train_tutorial
 
@@ -294,9 +294,10 @@ def main() -> None:
                         help="also score the last epoch's weights and beam search with length_penalty 1")
     parser.add_argument("--tag", default="", help="a name for this run, copied into the summary")
     parser.add_argument("--attention-supervision", type=float, default=1.0, help="λ of soft_supervised")
-    parser.add_argument("--supervised-encoder-lr-scale", type=float, default=5.0,
-                        help="soft_supervised's encoder learns at this × --lr: with the attention told where each "
-                             "word's object is, the CNN's classes are the slow part (docs/design.md)")
+    parser.add_argument("--supervised-encoder-lr-scale", type=float, default=DEMO_ENCODER_LR_SCALE,
+                        help="soft_supervised's encoder learns at this × --lr, as the supervised demo's does: with "
+                             "the attention told where each word's object is, the CNN's classes are the slow part "
+                             "(docs/design.md)")
     parser.add_argument("--supervision-region", default="box_and_mask", choices=REGIONS,
                         help="soft_supervised's region: box and mask correctness both reach about their targets "
                              "with the mean of the two masses (docs/design.md)")

@@ -296,8 +296,8 @@ def _self_critical(model_config: CaptionerConfig, data: CaptionData, train_items
 
     model = load(run_dir / "best.safetensors", task="caption")
     reward = CaptionReward([[list(c) for c in refs] for refs in data.train.tokens],
-                           weights={"CIDEr-D": 1.0, **({"BLEU-4": scst["bleu"]} if scst.get("bleu") else {}),
-                                    **({"content": scst["content"]} if scst.get("content") else {})})
+                           weights={"CIDEr-D": 1.0, "BLEU-4": scst.get("bleu") or 0.0,
+                                    "content": scst.get("content") or 0.0})  # a weight of 0 is not computed
     task = SelfCriticalTask(reward, num_samples=scst.get("samples", 5), baseline=scst.get("baseline", "mean"),
                             beam_size=beam_size, max_len=max_len)
     images = CaptionDataset(train_items, data.train.tokens, data.vocab, mode="images")
