@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -144,6 +145,9 @@ def test_task_loss_trains_and_evaluate_decodes(scenes, tiny_captioner):
     assert 0.0 < metrics["uniform_correctness_tf"] < metrics["uniform_correctness_box_tf"] < 1.0  # mask inside box
     assert metrics["aligned_words_tf"] > 8
     assert task.monitor == "CIDEr-D" and task.monitor in metrics
+    assert get_task("caption", monitor="object_f1").monitor in metrics
+    with pytest.raises(ValueError, match="unknown caption monitor 'CIDEr'"):
+        get_task("caption", monitor="CIDEr")
 
 
 def test_evaluation_decodes_for_real(scenes, monkeypatch, tiny_captioner):
@@ -189,7 +193,8 @@ def test_train_then_caption_writes_checkpoint_and_figures(scenes, tmp_path, caps
                              tmp_path / "run", beam_size=2)
     assert (tmp_path / "run" / "best.safetensors").is_file() and (tmp_path / "run" / "last.safetensors").is_file()
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert "val_CIDEr-D" in record and "val_BLEU-4" in record and result["best"]["metric"] == "CIDEr-D"
+    assert "val_CIDEr-D" in record and "val_BLEU-4" in record
+    assert result["best"]["metric"] == "object_f1"  # procedural scenes know their objects: the exact content F1
     model = load(tmp_path / "run" / "best.safetensors", task="caption")
     assert model.config.vocab == scenes.vocab.to_list()
     path = tmp_path / "scene.png"
@@ -247,6 +252,10 @@ def test_feature_cache_training_and_vocabulary_mismatch_on_resume(scenes, tmp_pa
     result = train_captioner(model_config, scenes, config, tmp_path / "run", beam_size=1,
                              feature_cache=tmp_path / "cache", cache_dtype="float16")
     assert (tmp_path / "cache" / "train" / "manifest.json").is_file() and result["history"]
+    with pytest.raises(ValueError, match="kept its best checkpoint by 'object_f1'.*monitors 'CIDEr-D'"):
+        train_captioner(model_config, scenes, replace(config, epochs=2), tmp_path / "run", beam_size=1,
+                        feature_cache=tmp_path / "cache", cache_dtype="float16",
+                        resume=tmp_path / "run" / "last.safetensors", monitor="CIDEr-D")
     with pytest.raises(ValueError, match="frozen encoder"):
         train_captioner(model_config, scenes, config, tmp_path / "x", feature_cache=tmp_path / "cache",
                         encoder_lr=1e-4)
@@ -275,6 +284,9 @@ def test_karpathy_and_coco_files_give_the_same_task(scenes, tmp_path):
     from visattn.data.coco_captions import write_coco_captions
     from visattn.data.karpathy import write_karpathy
     from visattn.data.caption_data import coco_data, karpathy_data
+    from visattn.engine import TrainConfig
+    from visattn.models import build_model
+    from visattn.tasks.caption import default_monitor, train_captioner
 
     train = _write_scenes(scenes.train, tmp_path / "images" / "train", 0)
     val = _write_scenes(scenes.val, tmp_path / "images" / "val", 1000)
@@ -286,6 +298,11 @@ def test_karpathy_and_coco_files_give_the_same_task(scenes, tmp_path):
     item = CaptionDataset(data.val, data.val.tokens, data.vocab, mode="images")[0]
     torch.testing.assert_close(item["image"], scenes.val[0]["image"], atol=1 / 255, rtol=0)
     assert item["image_id"] == 1000 and item["captions"] == scenes.val[0]["captions"]
+    # best checkpoint by CIDEr-D here: the files carry no scene objects, so the exact content F1 cannot be asked for
+    assert default_monitor(data) == "CIDEr-D" and default_monitor(scenes) == "object_f1"
+    with pytest.raises(ValueError, match="monitor 'object_f1' scores captions against the scenes' objects"):
+        train_captioner(build_model("tiny_captioner").config, data, TrainConfig(epochs=1, progress=False),
+                        tmp_path / "run", monitor="object_f1")
     write_coco_captions(train, tmp_path / "train.json", image_root=tmp_path / "images" / "train")
     write_coco_captions(val, tmp_path / "val.json", image_root=tmp_path / "images" / "val")
     coco = coco_data(tmp_path / "train.json", tmp_path / "images" / "train", tmp_path / "val.json",

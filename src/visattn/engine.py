@@ -276,6 +276,9 @@ def fit(model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset | Non
         training = checkpoint.training
         start_epoch, step, stale = training["epoch"], training["step"], training.get("stale", 0)
         history, best = training.get("history", []), training.get("best")
+        if best is not None and best.get("metric", task.monitor) != task.monitor:
+            raise ValueError(f"{resume}: this run kept its best checkpoint by {best['metric']!r}, and the task now "
+                             f"monitors {task.monitor!r}: resume with the same monitor, or start a new run")
         _restore_rng(training, checkpoint.rng_tensors)
     train_model: nn.Module = model
     if distributed:

@@ -13,6 +13,7 @@ from visattn.cli.common import (
 )
 from visattn.heads.attention_supervision import REGIONS
 from visattn.heads.captioner_config import PRESETS
+from visattn.tasks.caption import MONITORS
 
 __all__ = ["register"]
 
@@ -22,7 +23,8 @@ def register(commands: dict) -> None:
         "caption", help="train a Show-Attend-Tell captioner",
         description="Train a captioner (soft or hard attention, or the no-attention baseline) on procedural "
                     "caption scenes, a Karpathy split file or COCO caption files. Validation decodes with beam "
-                    "search and keeps the checkpoint with the best CIDEr-D.")
+                    "search and keeps the best checkpoint by --monitor: the exact object F1 on procedural scenes, "
+                    "CIDEr-D on Karpathy and COCO captions.")
     data = train.add_argument_group("data (default: procedural caption scenes)")
     data.add_argument("--karpathy-json", type=Path, default=None, help="dataset_coco.json / dataset_flickr*.json")
     data.add_argument("--image-root", type=Path, default=None, help="folder the Karpathy file paths are under")
@@ -78,6 +80,9 @@ def register(commands: dict) -> None:
                        help="folder: encode images once with the frozen encoder and train from the cache")
     model.add_argument("--cache-dtype", choices=["float32", "float16"], default="float32")
     model.add_argument("--beam-size", type=positive_int, default=3, help="beam size of validation decoding")
+    model.add_argument("--monitor", choices=MONITORS, default=None,
+                       help="validation metric that picks best.safetensors (default: object_f1 on procedural scenes, "
+                            "whose references phrase one content five ways; CIDEr-D on Karpathy and COCO)")
     scst = train.add_argument_group("self-critical training (after cross entropy, from its best checkpoint)")
     scst.add_argument("--scst-epochs", type=int, default=0, help="epochs of SCST into RUN_DIR/scst (0: off)")
     scst.add_argument("--scst-baseline", choices=["mean", "greedy"], default="mean",
@@ -170,7 +175,8 @@ def run_train(args: argparse.Namespace) -> int:
                              cache_dtype=args.cache_dtype, mode=args.mode,
                              scst={"epochs": args.scst_epochs, "baseline": args.scst_baseline,
                                    "samples": args.scst_samples, "lr": args.scst_lr, "bleu": args.scst_bleu,
-                                   "content": args.scst_content})
+                                   "content": args.scst_content},
+                             monitor=args.monitor)
     return report_training(result)
 
 
