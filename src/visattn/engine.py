@@ -15,7 +15,6 @@ the validation set; rank 0 alone logs, draws and writes.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -34,6 +33,7 @@ from tqdm.auto import tqdm
 from visattn import distributed as dist
 from visattn.checkpoint import optimizer_state, read_checkpoint, save_checkpoint
 from visattn.config import config_to_dict
+from visattn.data.core import write_json_atomic
 from visattn.loggers import Logger, attention_figure, make_loggers
 from visattn.tasks.base import Task, unwrap
 
@@ -294,7 +294,7 @@ def fit(model: nn.Module, task: Task, train_set: Dataset, val_set: Dataset | Non
     config_dict = config_to_dict(unwrap(model).config)
     if dist.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "train_config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
+        write_json_atomic(config_to_dict(cfg), run_dir / "train_config.json", indent=2)
     loggers = make_loggers(run_dir, tensorboard=cfg.tensorboard, main=dist.is_main(), history=history)
     stopped = "completed"
     for epoch in range(start_epoch, cfg.epochs):

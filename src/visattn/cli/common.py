@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from visattn.config import config_from_dict
+from visattn.data.core import write_atomic
 from visattn.engine import TrainConfig
 
 __all__ = ["HelpFormatter", "UsageError", "CliError", "add_strict_option", "load_predictor", "add_train_options", "train_config_from_args", "load_json_config",
@@ -145,7 +146,7 @@ def report_metrics(metrics: dict[str, Any], json_out: str | Path | None) -> int:
     text = json.dumps(metrics, indent=2)
     print(text)
     if json_out:
-        Path(json_out).write_text(text)
+        write_atomic(json_out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return 0
 
 
