@@ -1,6 +1,7 @@
 """The caption demo's plan: a pure function of the budget, under three minutes of training at the nominal speed."""
 
 import inspect
+import json
 
 import pytest
 import torch
@@ -51,6 +52,8 @@ def test_demo_trains_its_encoder_faster_and_writes_figures(tmp_path):
                                printer=lambda *_: None)
     assert summary["figures"] and all(p.endswith((".png", ".gif")) for p in summary["figures"])
     assert 0.0 <= summary["metrics"]["object_f1"] <= 1.0
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["best"] == summary["best"] and summary["best"]["metric"] == "object_f1"  # scenes know objects
     groups = optimizer_state(read_checkpoint(tmp_path / "run" / "last.safetensors"))["param_groups"]
     decoder, encoder = (group["initial_lr"] for group in groups)
     assert DEMO_ENCODER_LR_SCALE > 1 and encoder == pytest.approx(DEMO_ENCODER_LR_SCALE * decoder)

@@ -43,7 +43,9 @@ class Task(ABC):
     Attributes:
         name: the task's name, stored in checkpoints ("classify", "caption", "detect").
         model_name: the registered model this task trains by default.
-        monitor: the metric of :meth:`evaluate` that selects the best checkpoint; ``mode`` "max" or "min".
+        monitor: the metric of :meth:`evaluate` that selects the best checkpoint (the class sets the default; a
+            task may take another per instance, as :class:`~visattn.tasks.caption.CaptionTask` does);
+            ``mode`` "max" or "min".
         sharded_eval: :meth:`evaluate` gathers results across ranks itself (with
             :func:`visattn.distributed.gather_shards` / ``merge_shards``), so under torchrun every rank
             evaluates its share of the validation set; False: rank 0 evaluates all of it.
@@ -55,7 +57,7 @@ class Task(ABC):
 
     name: ClassVar[str]
     model_name: ClassVar[str]
-    monitor: ClassVar[str]
+    monitor: str
     mode: ClassVar[str] = "max"
     sharded_eval: ClassVar[bool] = True
     predict_options: ClassVar[dict[str, Any]] = {}

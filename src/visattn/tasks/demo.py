@@ -9,7 +9,6 @@ evaluation and through :class:`visattn.Predictor` for the figures, like any user
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from visattn.data.caption_data import scene_data
+from visattn.data.core import write_json_atomic
 from visattn.encoders import EncoderConfig
 from visattn.engine import TrainConfig
 from visattn.heads.captioner import CaptionerConfig
@@ -86,8 +86,8 @@ def run_caption_demo(out_dir: str | Path, *, seconds_budget: float = 240.0, seed
             each word names; :mod:`visattn.heads.attention_supervision`); 0 trains on the captions alone.
 
     Returns:
-        ``{"metrics": test metrics, "train_seconds", "total_seconds", "figures": [paths], "checkpoint",
-        "data"}``.
+        ``{"metrics": test metrics, "train_seconds", "best" (the kept epoch and its validation metric),
+        "total_seconds", "figures": [paths], "checkpoint", "data"}``.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -113,13 +113,15 @@ def run_caption_demo(out_dir: str | Path, *, seconds_budget: float = 240.0, seed
             stem = out_dir / "figures" / f"test_{image_id:03d}_caption"
             figures += caption_figure(image, result.words, result.attention, stem.with_suffix(".png"),
                                       stem.with_suffix(".gif"))
-    summary = {"metrics": metrics, "train_seconds": train_seconds,
+    best = run["best"]  # {"epoch", "metric", "value"}: the validation metric that picked the checkpoint
+    summary = {"metrics": metrics, "train_seconds": train_seconds, "best": best,
                "total_seconds": time.perf_counter() - started, "figures": [str(p) for p in figures],
                "checkpoint": str(out_dir / "run" / "best.safetensors"), "data": data.source}
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(summary, out_dir / "metrics.json", indent=2)
     supervised = f", attention supervised (λ {attention_supervision:g})" if attention_supervision > 0 else ""
     printer(f"captioning demo: {plan['num_train']} training scenes x {plan['epochs']} epochs{supervised}, "
-            f"{train_seconds:.0f} s training, {len(test)} held-out test scenes, beam {beam_size}")
+            f"{train_seconds:.0f} s training (kept epoch {best['epoch']}, the best validation {best['metric']}), "
+            f"{len(test)} held-out test scenes, beam {beam_size}")
     for key in ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr-D"):
         printer(f"  {key:<8} {metrics[key]:.3f}")
     if "attention_correctness" in metrics:
