@@ -406,10 +406,10 @@ def main() -> None:
                 epochs=args.scst_epochs, args=args, run_dir=out / f"{name}_rl", train_overrides=train_overrides,
                 lr=args.scst_lr, warmup_steps=0, task=scst)
             history += run["history"]
-            xe_best = max([r.get(f"val_{args.monitor}", 0.0) for r in history[: -len(run["history"])]], default=-1.0)
-            if run["best"] and run["best"]["value"] > xe_best:
-                (out / name / "best.safetensors").write_bytes((out / f"{name}_rl" / "best.safetensors").read_bytes())
-        model = load(out / name / "best.safetensors", task="caption")
+        # soft_scst's row is what self-critical training made (its best epoch by --monitor), as `visattn train
+        # caption --scst-epochs` leaves it in RUN_DIR/scst: not the cross-entropy weights it started from
+        best = out / (f"{name}_rl" if name == "soft_scst" else name) / "best.safetensors"
+        model = load(best, task="caption")
         metrics = score(model, data.test, beam_size=args.beam_size, captions_out=out / f"{name}_captions.json")
         results[name] = {key: metrics[key] for key in REPORTED if key in metrics}
         results[name].update(train_seconds=sum(r["train_seconds"] for r in history), epochs=epochs,
@@ -419,7 +419,7 @@ def main() -> None:
             results[name].update(scst_epochs=scst_epochs, scst_images_per_s=scst_speed,
                                  train_reward=[r.get("train_reward") for r in run["history"]])
         if args.extra_evals:
-            last = load(out / name / "last.safetensors", task="caption")
+            last = load(best.with_name("last.safetensors"), task="caption")
             for key, (weights, penalty) in {"last_weights": (last, 0.0), "length_penalty_1": (model, 1.0)}.items():
                 extra = score(weights, data.test, beam_size=args.beam_size, length_penalty=penalty)
                 results[name][key] = {k: extra[k] for k in ("object_f1", "BLEU-4", "CIDEr-D",
