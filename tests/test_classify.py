@@ -124,6 +124,14 @@ def test_cli_bad_inputs_give_one_line_errors(trained, tmp_path, capsys):
     config.write_text(json.dumps({"num_glimpses": 2, "colour": "red"}))
     assert main(["train", "classify", "--run-dir", str(tmp_path / "r"), "--config", str(config)]) == 1
     assert "unknown key(s) 'colour'" in capsys.readouterr().err
+    for text, message in (('["num_glimpses", 2]', "holds one JSON object of ClassifierConfig fields, got a JSON list"),
+                          ('{"num_glimpses": 2', "c.json: invalid JSON at line 1"), ("", "c.json: invalid JSON at line 1")):
+        config.write_text(text)
+        assert main(["train", "classify", "--run-dir", str(tmp_path / "r"), "--config", str(config)]) == 1
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "classify", "--run-dir", str(tmp_path / "r"), "--config", str(tmp_path / "no.json")]) == 1
+    assert "no.json: config file not found" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "classify", "--run-dir", str(tmp_path / "r"), "--epochs", "0"])
     assert exit_info.value.code == 2

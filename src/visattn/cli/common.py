@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from visattn.config import config_from_dict
-from visattn.data.core import write_atomic
+from visattn.data.core import DataError, load_json, write_atomic
 from visattn.engine import TrainConfig
 
 __all__ = ["HelpFormatter", "UsageError", "CliError", "add_strict_option", "load_predictor", "add_train_options", "train_config_from_args", "load_json_config",
@@ -128,12 +128,13 @@ def load_json_config(path: Path | None, cls: type, *, overrides: dict[str, Any] 
     """A model config from a JSON file (unknown keys are an error naming the file), then CLI overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError as err:
-            raise CliError(f"config file not found: {path}") from err
-        except json.JSONDecodeError as err:
-            raise CliError(f"{path}: not valid JSON: {err}") from err
+        try:  # not found, bytes that are not UTF-8 and broken JSON: one line naming the file, line and column
+            data = load_json(path, what="config file")
+        except DataError as err:
+            raise CliError(str(err)) from err
+        if not isinstance(data, dict):
+            raise CliError(f"{path}: a config file holds one JSON object of {cls.__name__} fields, "
+                           f"got a JSON {type(data).__name__}")
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
         return config_from_dict(cls, data, source=str(path) if path else "command line")
