@@ -185,6 +185,12 @@ MONITORS = ("CIDEr-D", "BLEU-4", "ROUGE-L", "object_f1", "attribute_f1", "count_
 CONTENT_MONITORS = ("object_f1", "attribute_f1", "count_f1")  # the exact content scores: procedural scenes only
 
 
+def _check_monitor(monitor: str) -> str:
+    if monitor not in MONITORS:
+        raise ValueError(f"unknown caption monitor {monitor!r}; valid: {', '.join(MONITORS)}")
+    return monitor
+
+
 def _knows_objects(source: Any) -> bool:
     """Whether a caption source's samples carry their scene's objects (procedural scenes do, Karpathy/COCO not)."""
     return len(source) > 0 and source.meta(0).get("objects") is not None
@@ -223,9 +229,7 @@ class CaptionTask(Task):
 
     def __init__(self, *, beam_size: int = 3, max_len: int | None = None, length_penalty: float = 0.0,
                  encoder_lr: float | None = None, hard: bool = False, monitor: str = "CIDEr-D") -> None:
-        if monitor not in MONITORS:
-            raise ValueError(f"unknown caption monitor {monitor!r}; valid: {', '.join(MONITORS)}")
-        self.monitor = monitor
+        self.monitor = _check_monitor(monitor)
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         if max_len is not None and max_len < 1:
@@ -380,9 +384,7 @@ def train_captioner(model_config: CaptionerConfig, data: CaptionData, train_conf
     """
     if mode not in ("pairs", "random"):
         raise ValueError(f"training mode must be 'pairs' or 'random', got {mode!r}")
-    monitor = monitor or default_monitor(data)
-    if monitor not in MONITORS:
-        raise ValueError(f"unknown caption monitor {monitor!r}; valid: {', '.join(MONITORS)}")
+    monitor = _check_monitor(monitor or default_monitor(data))
     if monitor in CONTENT_MONITORS and not _knows_objects(data.val):
         raise ValueError(f"monitor {monitor!r} scores captions against the scenes' objects, and {data.source} does "
                          f"not know them (procedural scenes do): monitor CIDEr-D, BLEU-4 or ROUGE-L")
