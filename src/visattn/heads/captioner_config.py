@@ -178,9 +178,9 @@ class CaptionerConfig:
 PRESETS: dict[str, dict] = {
     # Xu et al. 2015 as published: scalar gate β, deep output layer (eq. 7), tanh on the initial state,
     # the paper's doubly stochastic regulariser (λ = 1 per caption ≈ 1/T per token here) and dropout 0.5.
-    "paper": dict(gate="scalar", deep_output=True, output_context=False, init_activation="tanh", init_scheme="pytorch",
-                  dropout=0.5,
-                  alpha_c=0.1, hard_entropy=0.01, hard_reward="caption", hard_baseline="moving_average"),
+    "paper": dict(gate="scalar", deep_output=True, output_context=False, init_activation="tanh",
+                  init_scheme="pytorch", dropout=0.5, alpha_c=0.1, hard_entropy=0.01, hard_reward="caption",
+                  hard_baseline="moving_average"),
     "default": {},
 }
 """Named configurations for ``CaptionerConfig.preset(name)`` (and the CLI's ``--preset``)."""

@@ -181,8 +181,8 @@ def _merge_meters(a: dict[str, AttentionCorrectness],
     return a
 
 
-MONITORS = ("CIDEr-D", "BLEU-4", "ROUGE-L", "object_f1", "attribute_f1", "count_f1")
 CONTENT_MONITORS = ("object_f1", "attribute_f1", "count_f1")  # the exact content scores: procedural scenes only
+MONITORS = ("CIDEr-D", "BLEU-4", "ROUGE-L", *CONTENT_MONITORS)
 
 
 def _check_monitor(monitor: str) -> str:
