@@ -63,7 +63,8 @@ def test_preset_attention_supervision_and_self_critical_training(tmp_path, capsy
 
     run = tmp_path / "run"
     assert main(["train", "caption", "--run-dir", str(run), "--preset", "paper", "--encoder-width", "16",
-                 "--encoder-stem", "2", "--encoder-downsample", "2", "--attention-dim", "16", "--decoder-dim", "16",
+                 "--encoder-stem", "2", "--encoder-downsample", "2", "--encoder-top-down", "--attention-dim", "16",
+                 "--decoder-dim", "16",
                  "--embed-dim", "16", "--max-len", "10",
                  "--dropout", "0", "--attention-supervision", "0.5",
                  "--attention-supervision-region", "mask", "--num-train", "24", "--num-val", "6",
@@ -74,7 +75,7 @@ def test_preset_attention_supervision_and_self_critical_training(tmp_path, capsy
     assert config["gate"] == "scalar" and config["deep_output"] is True and config["init_activation"] == "tanh"
     assert config["attention_supervision"] == 0.5 and config["attention_supervision_region"] == "mask"
     assert config["dropout"] == 0.0
-    assert (config["encoder"]["stem"], config["encoder"]["num_downsample"]) == (2, 2)
+    assert (config["encoder"]["stem"], config["encoder"]["num_downsample"], config["encoder"]["top_down"]) == (2, 2, True)
     xe = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert xe["train_loss_attention_sup"] > 0
     scst = json.loads((run / "scst" / "metrics.jsonl").read_text().splitlines()[-1])

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from safetensors.torch import save_file
 
@@ -85,6 +86,59 @@ def test_patchify_stem_shrinks_the_image_before_the_blocks(stem, depth, num_down
     frozen = create_encoder(EncoderConfig(**{**vars(config), "trainable_from": "block0"}))
     assert not any(p.requires_grad for p in frozen.trunk.stem.parameters())
     assert all(p.requires_grad for p in frozen.trunk.block0.parameters())
+
+
+def test_top_down_doubles_the_grid_and_adds_the_finer_map_back():
+    """FPN's top-down step once: the demo's 8×8 grid becomes 16×16 with the deepest block's channels; the output
+    is exactly bilinear_up(deepest map) + BN(conv1x1(the last pooling block before its pool)); the projection
+    is the last stage (it can be the only trainable one)."""
+    config = EncoderConfig(width=32, depth=4, num_downsample=2, stem=2, top_down=True)
+    encoder = create_encoder(config).eval()
+    plain = create_encoder(EncoderConfig(**{**vars(config), "top_down": False}))
+    features, grid = encoder(torch.rand(2, 3, 64, 64))
+    assert grid == (16, 16) and features.shape == (2, 256, 32) and encoder.out_dim == 32 and encoder.stride == 4
+    assert encoder.stage_names == ["stem", "block0", "block1", "block2", "block3", "top_down"]
+    assert encoder.grid_size(64, 64) == (16, 16)
+    trunk = encoder.trunk
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        x = (image - 0.5) / 0.5
+        x = trunk.block0(trunk.stem(x))
+        finer = trunk.block1[:-1](x)  # (1, 8, 16, 16): block1 before its pooling
+        deepest = trunk.block3(trunk.block2(trunk.block1[-1](finer)))  # (1, 32, 8, 8)
+        expected = F.interpolate(deepest, size=(16, 16), mode="bilinear", align_corners=False) + trunk.top_down(finer)
+        got, _ = encoder(image)
+    torch.testing.assert_close(got, expected.flatten(2).transpose(1, 2))
+    assert sum(p.numel() for p in encoder.parameters()) == (
+        sum(p.numel() for p in plain.parameters()) + 8 * 32 + 2 * 32)  # the 1×1 projection (8 -> 32) and its BN
+    frozen = create_encoder(EncoderConfig(**{**vars(config), "trainable_from": "top_down"}))
+    assert [p.requires_grad for p in frozen.parameters()].count(True) == 3  # conv weight, BN weight and bias
+
+
+def test_captioner_with_top_down_attends_over_the_finer_grid_and_round_trips(tmp_path):
+    """A captioner on a top-down encoder attends over its 2× finer grid, and save -> load gives the same
+    logits and maps bit for bit (the projection is in the checkpoint, the flag in its config)."""
+    from visattn.checkpoint import save_checkpoint
+    from visattn.heads.captioner_config import CaptionerConfig
+    from visattn.models import build_model, load
+
+    config = CaptionerConfig(encoder=EncoderConfig(width=16, depth=3, num_downsample=2, stem=2, top_down=True),
+                             vocab=["<pad>", "<start>", "<end>", "<unk>", "a", "b"], attention_dim=8,
+                             decoder_dim=16, embed_dim=8, dropout=0.0)
+    torch.manual_seed(0)
+    model = build_model("captioner", config).eval()
+    images, tokens = torch.rand(2, 3, 32, 32), torch.tensor([[1, 4, 5, 2], [1, 5, 2, 0]])
+    with torch.no_grad():
+        outputs = model(images, tokens=tokens)
+    assert outputs["attention"].shape == (2, 3, 8, 8)  # 32 px: stem 2 -> 16, two poolings -> 4, top-down -> 8
+    path = save_checkpoint(tmp_path / "td.safetensors", model, task="caption", model_name="captioner",
+                           config=config_to_dict(config))
+    loaded = load(path)
+    assert loaded.config.encoder.top_down is True
+    with torch.no_grad():
+        again = loaded(images, tokens=tokens)
+    for key in ("logits", "attention"):
+        torch.testing.assert_close(again[key], outputs[key], rtol=0, atol=0)
 
 
 def test_backbones_default_to_imagenet_statistics():
@@ -237,7 +291,8 @@ def test_timm_missing_gives_a_clear_error(monkeypatch):
 
 @pytest.mark.parametrize("bad", [
     dict(width=4), dict(depth=0), dict(num_downsample=5), dict(norm="layer"), dict(grid=0), dict(stem=0),
-    dict(name="tv:resnet18", stem=2),
+    dict(name="tv:resnet18", stem=2), dict(top_down=1), dict(num_downsample=0, top_down=True),
+    dict(name="tv:resnet18", top_down=True),
     dict(grid=True), dict(trainable_from=1.5), dict(mean=[0.5, 0.5]), dict(std=[1, 0, 1]), dict(weights=""),
     dict(name="tv:resnet18", width=64), dict(name="small_cnn", weights="torch-cache"),
 ])

@@ -150,6 +150,28 @@ def test_onnx_captions_are_identical_to_generate_on_60_scenes(exports, captioner
     assert len(lengths) >= 2 and sum(r.captions[0].finished for r in results) >= NUM_SCENES // 2  # varied, ended
 
 
+def test_onnx_export_of_a_top_down_encoder_attends_over_its_finer_grid(root, scenes, scene_images):
+    """EncoderConfig.top_down (bilinear up-sampling plus a 1×1 projection) exports: the runtime's captions and
+    their 8×8 maps on 32-pixel scenes equal the PyTorch model's."""
+    config = CaptionerConfig(encoder=EncoderConfig(width=16, depth=2, num_downsample=2, stem=2, top_down=True),
+                             vocab=scenes.vocab.to_list(), attention_dim=16, decoder_dim=32, embed_dim=16,
+                             dropout=0.0, max_len=8, image_size=32)
+    torch.manual_seed(1)
+    model = build_model("captioner", config).eval()
+    folder = export_checkpoint(save(root / "top_down.safetensors", "captioner", "caption", config, model),
+                               root / "top_down", format="onnx")
+    images = scene_images[:6]
+    results = OnnxPredictor(folder, threads=1).predict(images.numpy(), beam_size=2)
+    with torch.no_grad():
+        expected = model.generate(images, beam_size=2)
+    for result, hyps in zip(results, expected, strict=True):
+        caption = result.captions[0]
+        assert [config.vocab.index(w) for w in caption.words] == hyps[0].tokens
+        attention = hyps[0].attention[: len(caption.words)].numpy()
+        assert attention.shape[1:] == (8, 8)
+        np.testing.assert_allclose(caption.attention, attention, atol=TOLERANCE)
+
+
 def compare(a, b, path: str = "") -> None:
     """Equal JSON trees, floats within the tolerance."""
     if isinstance(a, dict):

@@ -49,6 +49,11 @@ class EncoderConfig:
             (ViT's and ConvNeXt's stem) that shrinks the image ``stem`` times before the blocks: the
             full-resolution block costs about half of the plain CNN's time on 64-pixel scenes (docs/design.md).
         norm: small CNN only: "batch" or "group".
+        top_down: small CNN only: FPN's top-down step, once (Lin et al. 2017): the last block's map is
+            up-sampled ×2 (bilinear) and added to a 1×1 projection of the last down-sampling block's
+            activations before its pooling, so the grid is twice as fine (8×8 -> 16×16 on the demo's
+            scenes) at the semantics of the deepest block. Where attention must fall inside small objects
+            (attention supervision, docs/design.md) the coarse grid's cells are larger than the objects.
         grid: None keeps the backbone's grid; an int adaptively average-pools it to grid×grid
             (Show-Attend-Tell uses 14).
         weights: None (random init), a local state_dict file (.pt/.pth/.safetensors; either the full
@@ -67,6 +72,7 @@ class EncoderConfig:
     num_downsample: int = 3
     stem: int = 1
     norm: str = "batch"
+    top_down: bool = False
     grid: int | None = None
     weights: str | None = None
     trainable_from: str | int = "all"
@@ -86,11 +92,15 @@ class EncoderConfig:
             raise ValueError(
                 f"EncoderConfig.num_downsample: {self.num_downsample} exceeds depth {self.depth}"
             )
+        if not isinstance(self.top_down, bool):
+            raise ValueError(f"EncoderConfig.top_down: expected true or false, got {self.top_down!r}")
+        if self.top_down and self.num_downsample < 1:
+            raise ValueError("EncoderConfig.top_down: needs num_downsample >= 1 (a finer map to add back)")
         if self.norm not in ("batch", "group"):
             raise ValueError(f"EncoderConfig.norm: expected 'batch' or 'group', got {self.norm!r}")
         if self.name != "small_cnn":
             defaults = EncoderConfig()
-            for field in ("width", "depth", "num_downsample", "stem", "norm"):
+            for field in ("width", "depth", "num_downsample", "stem", "norm", "top_down"):
                 if getattr(self, field) != getattr(defaults, field):
                     raise ValueError(f"EncoderConfig.{field} applies to small_cnn only, not {self.name!r}")
         if self.grid is not None and (isinstance(self.grid, bool) or not isinstance(self.grid, int)
@@ -239,7 +249,41 @@ def _small_cnn(config: EncoderConfig) -> nn.Sequential:
             layers.append(nn.MaxPool2d(2, ceil_mode=True))  # (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2))
         blocks[f"block{i}"] = nn.Sequential(*layers)
         in_channels = channels
+    if config.top_down:
+        return _TopDownTrunk(blocks, last_pool=f"block{config.num_downsample - 1}", width=config.width,
+                             norm=config.norm)
     return nn.Sequential(blocks)
+
+
+class _TopDownTrunk(nn.Module):
+    """The small CNN's stages, then FPN's top-down step once (``EncoderConfig.top_down``).
+
+    The stages run in order; the block named ``last_pool`` (the last one that halves the resolution) is run
+    up to its pooling, whose input is kept as the finer map F (B, c, 2h, 2w). The deepest map D (B, C, h, w)
+    comes back at that resolution as ``bilinear_up(D) + BN(conv1x1(F))`` (B, C, 2h, 2w). The stages keep their
+    names (``stage_names``, ``trainable_from``), and ``top_down`` (the projection) is the last stage.
+    """
+
+    def __init__(self, blocks: OrderedDict[str, nn.Module], *, last_pool: str, width: int, norm: str) -> None:
+        super().__init__()
+        for name, block in blocks.items():
+            self.add_module(name, block)
+        self.last_pool = last_pool
+        finer = [m for m in blocks[last_pool] if isinstance(m, nn.Conv2d)][-1].out_channels
+        self.top_down = nn.Sequential(nn.Conv2d(finer, width, 1, bias=False), _norm(norm, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        finer = None
+        for name, stage in self.named_children():
+            if name == "top_down":
+                continue
+            if name == self.last_pool:
+                finer = stage[:-1](x)  # (B, c, 2h, 2w): the block before its pooling
+                x = stage[-1](finer)
+            else:
+                x = stage(x)
+        up = F.interpolate(x, size=finer.shape[-2:], mode="bilinear", align_corners=False)  # (B, C, 2h, 2w)
+        return up + self.top_down(finer)
 
 
 def supported_torchvision_models() -> list[str]:
