@@ -436,12 +436,13 @@ def main() -> None:
     targets = issue_targets(results)
     config = {"data": data.source, "num_train": args.num_train, "num_val": args.num_val, "num_test": args.num_test,
               "seconds_per_model": args.seconds_per_model, "epochs": args.epochs,
-              "encoder_config": asdict(config.encoder),
+              "encoder_config": asdict(config.encoder),  # the last model's (soft_supervised adds top_down)
               "beam_size": args.beam_size, "monitor": args.monitor, "threads": args.threads, "scst_share": args.scst_share,
               "scst_content": args.scst_content, "encoder_lr": args.encoder_lr,
               "supervised_encoder_lr_scale": args.supervised_encoder_lr_scale,
               "hard_budget": args.hard_budget, "attention_supervision": args.attention_supervision,
-              "supervision_region": args.supervision_region, "batch_size": args.batch_size, "lr": args.lr,
+              "supervision_region": args.supervision_region, "supervised_top_down": args.supervised_top_down,
+              "batch_size": args.batch_size, "lr": args.lr,
               "seed": args.seed, "preset": args.preset, "set": model_overrides, "encoder": encoder_overrides,
               "train": train_overrides,
               "tag": args.tag, "data_seconds": data_seconds, "total_seconds": time.perf_counter() - started,
