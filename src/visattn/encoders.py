@@ -250,8 +250,9 @@ def _small_cnn(config: EncoderConfig) -> nn.Sequential:
         blocks[f"block{i}"] = nn.Sequential(*layers)
         in_channels = channels
     if config.top_down:
-        return _TopDownTrunk(blocks, last_pool=f"block{config.num_downsample - 1}", width=config.width,
-                             norm=config.norm)
+        last_pool = config.num_downsample - 1
+        return _TopDownTrunk(blocks, last_pool=f"block{last_pool}", width=config.width, norm=config.norm,
+                             finer_channels=max(config.width >> (config.depth - 1 - last_pool), 8))
     return nn.Sequential(blocks)
 
 
@@ -264,24 +265,23 @@ class _TopDownTrunk(nn.Module):
     names (``stage_names``, ``trainable_from``), and ``top_down`` (the projection) is the last stage.
     """
 
-    def __init__(self, blocks: OrderedDict[str, nn.Module], *, last_pool: str, width: int, norm: str) -> None:
+    def __init__(self, blocks: OrderedDict[str, nn.Module], *, last_pool: str, width: int, norm: str,
+                 finer_channels: int) -> None:
         super().__init__()
         for name, block in blocks.items():
             self.add_module(name, block)
         self.last_pool = last_pool
-        finer = [m for m in blocks[last_pool] if isinstance(m, nn.Conv2d)][-1].out_channels
-        self.top_down = nn.Sequential(nn.Conv2d(finer, width, 1, bias=False), _norm(norm, width))
+        self.top_down = nn.Sequential(nn.Conv2d(finer_channels, width, 1, bias=False), _norm(norm, width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        finer = None
+        finer = x
         for name, stage in self.named_children():
             if name == "top_down":
-                continue
-            if name == self.last_pool:
-                finer = stage[:-1](x)  # (B, c, 2h, 2w): the block before its pooling
-                x = stage[-1](finer)
-            else:
-                x = stage(x)
+                break  # the last stage
+            for layer in stage:
+                if name == self.last_pool and isinstance(layer, nn.MaxPool2d):
+                    finer = x  # (B, c, 2h, 2w): the last down-sampling block before its pooling
+                x = layer(x)
         up = F.interpolate(x, size=finer.shape[-2:], mode="bilinear", align_corners=False)  # (B, C, 2h, 2w)
         return up + self.top_down(finer)
 

@@ -219,7 +219,7 @@ class CaptionTask(Task):
         encoder_lr: learning rate of the encoder's trainable stages.
         hard: the model uses hard attention (DDP must then find the unused context path's parameters).
         monitor: the validation metric that picks the best checkpoint, one of :data:`MONITORS`; the content
-            ones (:data:`CONTENT_MONITORS`) need data that knows its scenes' objects (procedural scenes).
+            ones (:data:`CONTENT_MONITORS`) need data that knows its scenes' objects (procedural scenes); None: CIDEr-D.
     """
 
     name = "caption"
@@ -228,8 +228,8 @@ class CaptionTask(Task):
     predict_options = {"beam_size": 3, "n_best": 1, "max_len": None, "length_penalty": 0.0}
 
     def __init__(self, *, beam_size: int = 3, max_len: int | None = None, length_penalty: float = 0.0,
-                 encoder_lr: float | None = None, hard: bool = False, monitor: str = "CIDEr-D") -> None:
-        self.monitor = _check_monitor(monitor)
+                 encoder_lr: float | None = None, hard: bool = False, monitor: str | None = None) -> None:
+        self.monitor = _check_monitor(monitor or type(self).monitor)  # None: the class's CIDEr-D
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
         if max_len is not None and max_len < 1:
